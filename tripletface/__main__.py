@@ -1,0 +1,3 @@
+from tripletface.cli import main
+
+raise SystemExit(main())
