@@ -60,7 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras with file descriptor 2 muted: TF 2.21 prints absl/oneDNN notices
+    from C++ at load time that no environment variable silences, and they would bury our one-line
+    errors. Python exceptions raised by the import still propagate."""
+    if "tensorflow" in sys.modules or os.environ.get("TRIPLETFACE_VERBOSE_TF"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.constant(0)  # the second notice comes with the first op
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mod = importlib.import_module(args._module)
     try:
+        import_tensorflow_quietly()
         if hasattr(mod, "run_for"):
             return int(mod.run_for(args._command, args) or 0)
         return int(mod.run(args) or 0)

@@ -74,6 +74,7 @@ class DataConfig:
     cache: bool = True
     seed: int = 1234
     synthetic_identities: int = 64
+    exclude_identities: str = ""  # file of identity names (one a line) never used in training
 
     @property
     def p(self) -> int:
@@ -191,6 +192,20 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
         "train.epochs": 5,
         "train.learning_rate": 1e-3,
         "loss.name": "semi_hard",
+    },
+    # The demo's short training run (minutes on 2 cores); `tripletface demo` uses it.
+    "demo": {
+        "model.backbone": "small_cnn",
+        "model.image_size": (64, 64),
+        "model.width": 0.5,
+        "data.batch_size": 64,
+        "data.k": 4,
+        "train.steps_per_epoch": 40,
+        "train.validation_steps": 2,
+        "train.epochs": 3,
+        "train.learning_rate": 1e-3,
+        "loss.name": "semi_hard",
+        "augment.rotation": 8.0,
     },
     # Smoke runs: tiny model, a few steps, no real data needed with data.source=synthetic.
     "smoke": {
@@ -344,6 +359,12 @@ def _validate(cfg: Config) -> None:
          "must be two integers >= 32 (height, width)")
     need(cfg.data.k >= 2 or cfg.data.sampling != "pk", "data.k", cfg.data.k, "must be >= 2 for P×K sampling")
     need(cfg.data.batch_size >= cfg.data.k, "data.batch_size", cfg.data.batch_size, f"must be >= data.k ({cfg.data.k})")
+    need(not (cfg.loss.name == "triplet" and cfg.loss.memory_bank_size > 0), "loss.memory_bank_size",
+         cfg.loss.memory_bank_size, "needs online mining (loss.name batch_all|batch_hard|semi_hard), not 'triplet'")
+    need(cfg.loss.name == "triplet" or cfg.data.sampling == "pk" or cfg.data.source == "synthetic",
+         "data.sampling", cfg.data.sampling, f"must be 'pk' for online mining loss {cfg.loss.name!r}")
+    need(cfg.loss.name != "triplet" or cfg.data.sampling != "pk", "loss.name", cfg.loss.name,
+         "(explicit triplets) needs data.sampling triplets or triplets_file, not 'pk'")
     for name in ("rotation", "brightness", "contrast", "color_jitter", "gaussian_blur", "motion_blur", "cutout"):
         v = getattr(cfg.augment, name)
         need(v >= 0, f"augment.{name}", v, "must be >= 0")

@@ -1,0 +1,130 @@
+"""Verification report: files exist, PNGs are real images, HTML parses and shows both plots."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from tripletface import verification as v
+from tripletface.report import to_jsonable, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(0)
+    n = 400
+    s = np.tile(np.repeat([True, False], 40), 5)
+    d = np.where(s, rng.normal(0.8, 0.2, n), rng.normal(1.3, 0.15, n))
+    d[[3, 50]] = np.nan  # one matched, one mismatched pair unscored
+    m = v.verification_metrics(d, s, fold_ids=np.repeat(np.arange(5), 80), far_targets=(1e-3, 1e-2))
+    m["triplets"] = v.triplet_metrics(rng.random(20), rng.random(20) + 0.5, margin=0.2)
+    return m, d, s
+
+
+def test_write_report_files(tmp_path, scored):
+    m, d, s = scored
+    backend = matplotlib.get_backend()
+    paths = write_report(tmp_path / "rep", m, d, s, "LFW dev <test>", extra={"model": "m.keras", "pairs": "p.txt"})
+    assert matplotlib.get_backend() == backend  # no global backend switch
+    assert set(paths) == {"roc", "hist", "markdown", "html", "json"}
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0 and p.parent == tmp_path / "rep"
+
+    for key in ("roc", "hist"):
+        assert paths[key].read_bytes()[:8] == PNG_MAGIC
+        with Image.open(paths[key]) as im:
+            im.load()
+            assert im.format == "PNG"
+            assert 300 <= im.width <= 3000 and 200 <= im.height <= 3000
+
+    page = paths["html"].read_text()
+    parser = _Collect()
+    parser.feed(page)
+    parser.close()
+    assert sorted(parser.images) == ["hist.png", "roc.png"]  # relative references
+    assert all((paths["html"].parent / src).is_file() for src in parser.images)
+    text = " ".join(parser.text)
+    assert "LFW dev <test>" in text  # escaped in the source, intact once parsed
+    assert "cosine" in text and "euclidean" in text and "identical decisions" in text
+    assert f"{m['auc']:.4f}" in text and f"{m['eer']:.4f}" in text
+    assert "NOT REACHABLE" in text  # FAR 1e-3 < 1/200 impostors
+    assert "m.keras" in text
+
+    md = paths["markdown"].read_text()
+    assert "](roc.png)" in md and "](hist.png)" in md
+    assert "identical decisions" in md and "| Pairs that could not be scored (counted wrong) | 2 |" in md
+    assert "triplets.Triplet loss (mean hinge)" in md
+
+
+def test_metrics_json_round_trips(tmp_path, scored):
+    m, d, s = scored
+    paths = write_report(tmp_path, m, d, s, "t")
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["metric"] == "euclidean" and loaded["title"] == "t"
+    assert loaded["metrics"] == to_jsonable(m)
+    assert to_jsonable(loaded) == loaded
+    assert loaded["metrics"]["n_unscored"] == 2
+    assert loaded["metrics"]["tar_at_far"]["0.01"] == pytest.approx(list(m["tar_at_far"][0.01]))
+    assert loaded["metrics"]["far_reachable"] == {"0.001": False, "0.01": True}
+    assert loaded["extra"] == {}
+
+
+def test_to_jsonable():
+    out = to_jsonable({1e-3: (np.float32(0.5), np.int64(3)), "a": np.array([1.0, np.inf]), "b": np.bool_(True)})
+    assert out == {"0.001": [0.5, 3], "a": [1.0, None], "b": True}
+    json.dumps(out, allow_nan=False)
+
+
+def test_report_with_other_key_names_and_filled_distances(tmp_path, scored):
+    """Keys as tripletface.evaluate names them, distances already filled with +-inf, no
+    far_reachable: reachability is judged from the impostor count, the line from the data."""
+    m, d, s = scored
+    filled, n = v.score_with_failures(d, s)
+    roc = v.roc_metrics(filled, s)
+    metrics = {"pairs": 400, "folds": 5, "accuracy_mean": m["accuracy_mean"], "accuracy_std": 0.01,
+               "auc": roc["auc"], "eer": roc["eer"], "eer_threshold": roc["eer_threshold"],
+               "tar_at_far": to_jsonable(roc["tar_at_far"]), "unscored_pairs": n,
+               "best_threshold_all_pairs": m["threshold"]}
+    paths = write_report(tmp_path, metrics, filled, s, "evaluate-style")
+    md = paths["markdown"].read_text()
+    assert "(5 folds)" in md and "| Pairs that could not be scored (counted wrong) | 2 |" in md
+    row_1e3 = next(line for line in md.splitlines() if "TAR @ FAR=0.001" in line)
+    row_1e2 = next(line for line in md.splitlines() if "TAR @ FAR=0.01 " in line)
+    assert "NOT REACHABLE" in row_1e3 and "NOT REACHABLE" not in row_1e2
+    assert f"| Best-accuracy threshold (all pairs) | {m['threshold']:.4f} |" in md
+    with Image.open(paths["hist"]) as im:
+        assert im.format == "PNG"
+
+
+def test_report_with_one_kind_of_pair(tmp_path):
+    """No ROC exists with one kind of pair; the report still writes a valid placeholder."""
+    paths = write_report(tmp_path, {"n_pairs": 3}, [0.1, 0.2, np.nan], [True, True, True], "one kind")
+    with Image.open(paths["roc"]) as im:
+        assert im.format == "PNG"
+
+
+def test_report_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="issame"):
+        write_report(tmp_path, {}, [0.1, 0.2], [True], "x")
+    with pytest.raises(ValueError, match="metrics"):
+        write_report(tmp_path, [], [0.1], [True], "x")

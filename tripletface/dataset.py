@@ -1,0 +1,925 @@
+"""Training data: index aligned crops, split by identity, and feed labelled batches with tf.data.
+
+The data flow, each step its own function:
+
+1. **index** ``index_folder(root)`` lists ``root/<identity>/<image>`` into a :class:`FaceIndex`
+   (paths, integer labels, identity names). Identities with one image are kept: they can
+   only be negatives.
+2. **split** ``split_by_identity(index, val_fraction, seed)`` holds out whole identities,
+   before anything is shuffled, so no identity is in both splits.
+3. **decode** ``decode_image`` (bytes -> uint8 RGB) and ``preprocess_image`` (resize to the
+   model's size, round) are the one preprocessing every path uses: training, validation
+   (``make_eval_dataset``, ``load_images``) and serving. Every file is decoded once before
+   a training dataset is returned, so an unreadable image is an :class:`InputError` naming
+   it, before any training step. With ``cache`` (the default) the decoded, un-augmented
+   images stay in memory as one uint8 tensor (when they fit: at most a quarter of RAM)
+   and batches are gathered from it by index; otherwise each sampled file is decoded in
+   the parallel map.
+4. **sample** an infinite stream of batches, deterministic for a given seed (batch ``b``
+   draws from the stateless seed ``(seed, b)``):
+
+   - ``make_pk_dataset``: P identities × K images (online mining). Only identities with
+     2+ images are drawn; an identity with fewer than K images repeats some (every one
+     of its images is used first).
+   - ``make_triplet_dataset``: the original explicit random triplets; anchor and positive
+     are two different images of an identity with 2+ images, the negative is any image
+     of any other identity (single-image identities appear here, only as negatives).
+   - ``make_triplets_file_dataset``: triplets listed in a CSV file (``read_triplets_file``).
+   - ``make_synthetic_dataset`` / ``make_synthetic_triplet_dataset``: generated identities
+     for smoke and throughput runs, no files.
+
+5. **augment** (train branch only) per image, ``tripletface.augment.build_augment``, with a
+   per-image seed, then batch and prefetch (AUTOTUNE).
+
+Every training dataset yields ``(images, labels)``: images float32 ``(n, H, W, 3)`` with
+values in ``[0, 255]`` (the model normalises), labels int32 ``(n,)`` identity labels. For
+P×K ``n = P*K``, identity-major (``[id0 × K, id1 × K, ...]``); for triplets ``n = 3B``
+ordered ``[B anchors, B positives, B negatives]``.
+
+Example::
+
+    index = index_folder("cropped_data/train")
+    train_index, val_index = split_by_identity(index, 0.1, seed=1234)
+    ds = make_pk_dataset(train_index, p=16, k=4, image_size=(112, 112), aug_cfg=cfg.augment, seed=1234)
+    images, labels = next(iter(ds))      # (64, 112, 112, 3) float32, (64,) int32
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tripletface.errors import InputError
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from tripletface.config import AugmentConfig, Config
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FaceIndex",
+    "index_folder",
+    "split_by_identity",
+    "decode_image",
+    "preprocess_image",
+    "load_image",
+    "load_images",
+    "check_images",
+    "make_eval_dataset",
+    "make_pk_dataset",
+    "make_triplet_dataset",
+    "read_triplets_file",
+    "make_triplets_file_dataset",
+    "make_synthetic_dataset",
+    "make_synthetic_triplet_dataset",
+    "make_val_pairs",
+    "make_val_triplets",
+    "build_train_dataset",
+]
+
+# File name endings (lower case) indexed as images; other files are ignored.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm"})
+
+_DECODE_BATCH = 64
+
+
+# --------------------------------------------------------------------------- index
+
+@dataclass(frozen=True, eq=False)
+class FaceIndex:
+    """Image files with integer identity labels.
+
+    Attributes:
+        paths: image file paths, grouped by identity.
+        labels: int32 ``(len(paths),)``; ``labels[i]`` indexes ``names``.
+        names: identity names (folder names), one per label.
+        root: the folder the index was made from ("" when derived).
+    """
+
+    paths: tuple
+    labels: np.ndarray
+    names: tuple
+    root: str = ""
+
+    def __post_init__(self):
+        labels = np.asarray(self.labels, dtype=np.int32).reshape(-1)
+        labels.setflags(write=False)
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        object.__setattr__(self, "labels", labels)
+        if len(labels) != len(self.paths):
+            raise ValueError(f"labels must have one entry per path ({len(self.paths)}), received: {len(labels)}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.names)):
+            raise ValueError(f"labels must be in [0, {len(self.names)}), received range "
+                             f"[{labels.min()}, {labels.max()}]")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"FaceIndex(root={self.root!r}, {self.describe()})"
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.names)
+
+    def counts(self) -> np.ndarray:
+        """Images per identity, int64 ``(num_identities,)``."""
+        return np.bincount(self.labels, minlength=len(self.names))
+
+    def anchor_identities(self) -> np.ndarray:
+        """Labels of the identities with 2 or more images (those that can be anchors)."""
+        return np.flatnonzero(self.counts() >= 2)
+
+    def subset(self, identities: typing.Iterable[int]) -> "FaceIndex":
+        """The images of ``identities`` (labels), relabelled ``0..m-1`` in sorted label order."""
+        keep = np.unique(np.asarray(list(identities), dtype=np.int64))
+        new_label = np.full(len(self.names), -1, dtype=np.int64)
+        new_label[keep] = np.arange(len(keep))
+        rows = np.flatnonzero(new_label[self.labels] >= 0)
+        return FaceIndex(tuple(self.paths[i] for i in rows), new_label[self.labels[rows]],
+                         tuple(self.names[i] for i in keep), self.root)
+
+    def without(self, names: typing.Iterable[str]) -> "FaceIndex":
+        """This index minus the identities called ``names`` (unknown names are ignored)."""
+        drop = set(names)
+        return self.subset(i for i, n in enumerate(self.names) if n not in drop)
+
+    def describe(self) -> str:
+        counts = self.counts()
+        return (f"{_plural(len(self), 'image')} of {_plural(len(self.names), 'identity')} "
+                f"({int((counts >= 2).sum())} with 2+ images)")
+
+
+def _plural(n: int, word: str) -> str:
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def index_folder(root: str | os.PathLike) -> FaceIndex:
+    """Index ``root/<identity>/<image>``: one label per identity folder, sorted by name.
+
+    Images are files with an extension in :data:`IMAGE_EXTENSIONS` (any case); hidden
+    files and folders are skipped; identity folders without images are left out.
+    Decoding is not checked here (see :func:`check_images`).
+
+    Raises:
+        InputError: the folder is missing or holds no images, or fewer than 2 identities
+            have 2 or more images.
+    """
+    root_path = Path(root)
+    if not root_path.exists():
+        raise InputError(f"train folder {root_path} does not exist")
+    if not root_path.is_dir():
+        raise InputError(f"train folder {root_path} is not a folder")
+    paths, labels, names = [], [], []
+    loose = 0
+    try:
+        entries = sorted(os.scandir(root_path), key=lambda e: e.name)
+    except OSError as e:
+        raise InputError(f"train folder {root_path}: cannot list ({e.strerror or e})") from None
+    for entry in entries:
+        if not _visible(entry.name):
+            continue
+        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            loose += 1
+            continue
+        if not entry.is_dir():
+            continue
+        try:
+            files = sorted(f.name for f in os.scandir(entry.path)
+                           if _visible(f.name) and os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS
+                           and f.is_file())
+        except OSError as e:
+            raise InputError(f"identity folder {entry.path}: cannot list ({e.strerror or e})") from None
+        if not files:
+            continue
+        label = len(names)
+        names.append(entry.name)
+        paths.extend(os.path.join(entry.path, f) for f in files)
+        labels.extend([label] * len(files))
+    exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+    if not paths:
+        hint = (f"; its {loose} images lie directly in it, put them in one folder per identity" if loose else "")
+        raise InputError(f"train folder {root_path} holds no images (expected {root_path}/<identity>/<image> "
+                         f"with extension {exts}){hint}")
+    index = FaceIndex(tuple(paths), np.asarray(labels), tuple(names), str(root_path))
+    n_multi = len(index.anchor_identities())
+    if n_multi < 2:
+        raise InputError(f"train folder {root_path}: {_plural(n_multi, 'identity')} with "
+                         f"2 or more images ({index.describe()}); training needs at least 2")
+    return index
+
+
+def split_by_identity(index: FaceIndex, val_fraction: float, seed: int) -> tuple[FaceIndex, FaceIndex]:
+    """Hold out whole identities for validation; deterministic for a seed.
+
+    Validation identities are drawn only among those with 2+ images:
+    ``max(2, round(val_fraction * n))`` of the ``n`` such identities (at least 2, so
+    mismatched pairs exist). All other identities, single-image ones included, train.
+    ``val_fraction == 0`` gives an empty validation index. Both indexes are relabelled
+    ``0..m-1``; names keep the identities apart.
+
+    Raises:
+        ValueError: ``val_fraction`` outside ``[0, 1)``.
+        InputError: fewer than 2 identities with 2+ images would be left on either side.
+    """
+    if isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), received: {val_fraction!r}")
+    if val_fraction == 0:
+        return index, FaceIndex((), np.zeros(0, np.int32), (), index.root)
+    eligible = index.anchor_identities()
+    n_val = max(2, int(round(val_fraction * len(eligible))))
+    if len(eligible) - n_val < 2:
+        raise InputError(f"cannot hold out {n_val} of the {len(eligible)} identities with 2+ images for "
+                         f"validation (data.val_fraction={val_fraction}) and keep 2 for training; "
+                         f"add identities or set data.val_fraction=0")
+    rng = np.random.default_rng(seed)
+    val = np.sort(rng.choice(eligible, size=n_val, replace=False))
+    train = np.setdiff1d(np.arange(index.num_identities), val)
+    return index.subset(train), index.subset(val)
+
+
+# --------------------------------------------------------------------------- decode and preprocess
+
+def _check_size(image_size) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (height, width), received: {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size must be positive, received: {image_size!r}")
+    return h, w
+
+
+def _decode_pgm(tf, contents):
+    """Binary PGM (P5, 8 or 16 bit) -> uint8 (h, w, 3). tf.io.decode_image has no PGM."""
+    header = tf.strings.regex_replace(tf.strings.substr(contents, 0, 256), "#[^\n]*", " ")
+    tokens = tf.strings.split(header)
+    w = tf.strings.to_number(tokens[1], tf.int32)
+    h = tf.strings.to_number(tokens[2], tf.int32)
+    maxval = tf.strings.to_number(tokens[3], tf.int32)
+    depth = tf.where(maxval > 255, 2, 1)
+    nbytes = w * h * depth
+    size = tf.strings.length(contents)
+    with tf.control_dependencies([
+        tf.debugging.assert_positive(maxval, message="PGM: bad maximum value"),
+        tf.debugging.assert_greater_equal(size, nbytes + 9, message="PGM: file shorter than its header says"),
+    ]):
+        data = tf.strings.substr(contents, size - nbytes, nbytes)
+    pixels = tf.cond(
+        maxval > 255,
+        lambda: tf.cast(tf.io.decode_raw(data, tf.uint16, little_endian=False), tf.float32),
+        lambda: tf.cast(tf.io.decode_raw(data, tf.uint8), tf.float32))
+    pixels = tf.round(tf.clip_by_value(pixels * (255.0 / tf.cast(maxval, tf.float32)), 0.0, 255.0))
+    grey = tf.reshape(tf.cast(pixels, tf.uint8), tf.stack([h, w, 1]))
+    return tf.image.grayscale_to_rgb(grey)
+
+
+def decode_image(contents):
+    """Encoded image bytes (scalar string tensor) -> uint8 ``(h, w, 3)`` RGB tensor.
+
+    JPEG, PNG, BMP, GIF (first frame), WebP via ``tf.io.decode_image``; binary PGM (P5) by
+    a small parser. Greyscale becomes three equal channels, alpha is dropped.
+    """
+    import tensorflow as tf
+
+    contents = tf.convert_to_tensor(contents, tf.string)
+    is_pgm = tf.equal(tf.strings.substr(contents, 0, 2), "P5")
+    image = tf.cond(
+        is_pgm,
+        lambda: _decode_pgm(tf, contents),
+        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8))
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def preprocess_image(image, image_size):
+    """uint8 or float ``(h, w, 3)`` -> float32 ``(H, W, 3)`` in [0, 255], the model's input.
+
+    Resized (bilinear, ``tf.image.resize`` as in ``embedder.resize_images``) only when
+    the size differs, then rounded to whole grey levels, so the result is exactly what
+    the uint8 in-memory cache holds. Training, validation and serving all use this.
+    """
+    import tensorflow as tf
+
+    h, w = _check_size(image_size)
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    same = tf.logical_and(tf.equal(shape[0], h), tf.equal(shape[1], w))
+    image = tf.cond(same, lambda: image,
+                    lambda: tf.round(tf.clip_by_value(tf.image.resize(image, (h, w)), 0.0, 255.0)))
+    return tf.ensure_shape(image, [h, w, 3])
+
+
+def load_image(path, image_size):
+    """Read, decode and preprocess one file (string tensor or str) -> float32 ``(H, W, 3)``."""
+    import tensorflow as tf
+
+    return preprocess_image(decode_image(tf.io.read_file(path)), image_size)
+
+
+def _first_line_of_tf_error(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err)
+    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if text.startswith("{{function_node"):
+        text = text.split("}}", 1)[-1].strip()
+    return text.split(" [Op:")[0].strip() or type(err).__name__
+
+
+def _why_unreadable(path: str) -> str:
+    """Decode one file eagerly to report why it failed."""
+    import tensorflow as tf
+
+    if not os.path.exists(path):
+        return "file not found"
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        decode_image(tf.io.read_file(path))
+    except (tf.errors.OpError, OSError) as e:
+        reason = _first_line_of_tf_error(e)
+        if reason.startswith("Unknown image file format"):
+            return "not a JPEG, PNG, BMP, GIF, WebP or binary PGM image"
+        return reason
+    return "cannot be decoded"
+
+
+def _decode_all(paths: typing.Sequence[str], image_size=None, what: str = "images") -> np.ndarray | None:
+    """Decode every file once in a parallel map.
+
+    With ``image_size`` returns uint8 ``(N, H, W, 3)`` (preprocessed); without, only
+    checks that each file decodes and returns None. Raises InputError naming the first
+    file that cannot be read or decoded.
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    paths = [str(p) for p in paths]
+    n = len(paths)
+    out = np.zeros((n, *image_size, 3), np.uint8) if image_size is not None else None
+    if n == 0:
+        return out
+
+    if image_size is not None:
+        def fn(i, p):
+            return i, tf.cast(load_image(p, image_size), tf.uint8)
+    else:
+        def fn(i, p):
+            return i, tf.shape(decode_image(tf.io.read_file(p)))
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), paths))
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+    ds = ds.batch(_DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
+    seen = np.zeros(n, bool)
+    with tqdm(total=n, desc=f"decoding {what}", unit="img", disable=None, leave=False) as bar:
+        for idx, value in ds.as_numpy_iterator():
+            seen[idx] = True
+            if out is not None:
+                out[idx] = value
+            bar.update(len(idx))
+    bad = np.flatnonzero(~seen)
+    if len(bad):
+        first = paths[bad[0]]
+        more = f" ({len(bad) - 1} more unreadable file(s) in the data)" if len(bad) > 1 else ""
+        raise InputError(f"{first}: unreadable image ({_why_unreadable(first)}){more}")
+    return out
+
+
+def check_images(index_or_paths: FaceIndex | typing.Sequence[str]) -> None:
+    """Decode every file once (parallel); raise InputError naming the first that fails.
+
+    ``make_pk_dataset`` and the other folder-backed datasets already do this (or decode
+    into the cache, which checks too); call it for files used otherwise.
+    """
+    paths = index_or_paths.paths if isinstance(index_or_paths, FaceIndex) else index_or_paths
+    _decode_all(paths, None, what="images (check)")
+
+
+def load_images(paths: typing.Sequence[str], image_size) -> np.ndarray:
+    """Decode and preprocess files into float32 ``(N, H, W, 3)`` in [0, 255] (no augmentation).
+
+    The same preprocessing as training; raises InputError naming an unreadable file.
+    """
+    size = _check_size(image_size)
+    return _decode_all(paths, size).astype(np.float32)
+
+
+def make_eval_dataset(paths: typing.Sequence[str], image_size, batch_size: int):
+    """A finite dataset of float32 ``(n, H, W, 3)`` batches in file order, no augmentation."""
+    import tensorflow as tf
+
+    size = _check_size(image_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, received: {batch_size!r}")
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant([str(p) for p in paths], dtype=tf.string))
+    ds = ds.map(lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- image source
+
+def _cache_budget_bytes() -> int:
+    """A quarter of physical memory (4 GiB when unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    except (AttributeError, ValueError, OSError):
+        return 4 << 30
+
+
+class _ImageSource:
+    """Where sampled image ids become float32 images: an in-memory uint8 tensor or files."""
+
+    def __init__(self, paths: typing.Sequence[str], image_size, cache: bool, what: str = "images",
+                 max_cache_bytes: int | None = None):
+        import tensorflow as tf
+
+        self.image_size = _check_size(image_size)
+        h, w = self.image_size
+        needed = len(paths) * h * w * 3
+        budget = _cache_budget_bytes() if max_cache_bytes is None else max_cache_bytes
+        self.cached = bool(cache) and needed <= budget
+        if self.cached:
+            # decodes every file once, which also checks them
+            self._images = tf.convert_to_tensor(_decode_all(paths, self.image_size, what))
+        else:
+            _decode_all(paths, None, what)
+            self._paths = tf.constant([str(p) for p in paths], dtype=tf.string)
+
+    def load(self, image_id):
+        import tensorflow as tf
+
+        if self.cached:
+            return tf.cast(tf.gather(self._images, image_id), tf.float32)
+        return load_image(tf.gather(self._paths, image_id), self.image_size)
+
+
+def _layout(index: FaceIndex):
+    """Image ids grouped by label: (order, starts, counts) so identity l owns order[starts[l]:+counts[l]]."""
+    order = np.argsort(index.labels, kind="stable").astype(np.int64)
+    counts = index.counts().astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return order, starts, counts
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, received: {value!r}")
+    return int(value)
+
+
+def _check_index(index) -> None:
+    if not isinstance(index, FaceIndex):
+        raise ValueError(f"index must be a FaceIndex, received: {type(index).__name__}")
+
+
+def _key(tf, seed: int, step):
+    """The stateless seed ``(seed, step)`` of batch or element number ``step``."""
+    return tf.stack([tf.constant(int(seed), tf.int64), tf.cast(step, tf.int64)])
+
+
+def _augmented(source: _ImageSource, aug_cfg, image_size):
+    """``fn(image_id, seed) -> float32 image``: load from ``source``, then augment."""
+    from tripletface.augment import build_augment, enabled_ops
+
+    augment = build_augment(aug_cfg, image_size)
+    if not enabled_ops(aug_cfg):
+        return lambda image_id, seed: source.load(image_id)
+    return lambda image_id, seed: augment(source.load(image_id), seed)
+
+
+# --------------------------------------------------------------------------- P×K batches
+
+def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "AugmentConfig | None" = None,
+                    seed: int = 0, cache: bool = True, max_cache_bytes: int | None = None):
+    """Infinite P×K batches: ``images`` float32 ``(P*K, H, W, 3)`` in [0, 255], ``labels`` int32 ``(P*K,)``.
+
+    Batch ``b`` draws, from the stateless seed ``(seed, b)``, P distinct identities among
+    those with 2+ images, then K images of each (without replacement; an identity with
+    fewer than K images uses all of them, then repeats random ones). Single-image
+    identities never appear here (they can serve only as negatives, see
+    :func:`make_triplet_dataset`). Rows are identity-major: ``[id0 × K, id1 × K, ...]``.
+    The images are augmented per image with a seed derived from ``(seed, b)``.
+
+    Raises:
+        InputError: P is larger than the number of identities with 2+ images, or an
+            image cannot be decoded (named).
+    """
+    import tensorflow as tf
+
+    _check_index(index)
+    p = _check_positive_int("p", p)
+    k = _check_positive_int("k", k)
+    if k < 2:
+        raise ValueError(f"k must be >= 2 so each identity has a positive, received: {k}")
+    size = _check_size(image_size)
+    anchors = index.anchor_identities()
+    if p > len(anchors):
+        raise InputError(f"P={p} identities per batch (data.batch_size / data.k) is more than the "
+                         f"{len(anchors)} identities with 2+ images in the training data; lower "
+                         f"data.batch_size or raise data.k")
+    order, starts, counts = _layout(index)
+    width = int(max(k, counts[anchors].max()))
+    source = _ImageSource(index.paths, size, cache, "training images", max_cache_bytes)
+    load = _augmented(source, aug_cfg, size)
+    anchors_t = tf.constant(anchors, tf.int64)
+    order_t, starts_t, counts_t = (tf.constant(a, tf.int64) for a in (order, starts, counts))
+    labels_t = tf.constant(index.labels, tf.int32)
+    n_anchor = len(anchors)
+
+    def sample(b):
+        keys = tf.random.experimental.stateless_split(_key(tf, seed, b), 4)
+        # P distinct identities: the P largest of n_anchor uniform keys
+        pick = tf.math.top_k(tf.random.stateless_uniform([n_anchor], keys[0]), p).indices
+        ids = tf.gather(anchors_t, pick)
+        count, start = tf.gather(counts_t, ids), tf.gather(starts_t, ids)
+        # K distinct offsets per identity (top-k of random keys over its images) ...
+        scores = tf.random.stateless_uniform([p, width], keys[1])
+        valid = tf.range(width, dtype=tf.int64)[None, :] < count[:, None]
+        offsets = tf.cast(tf.math.top_k(tf.where(valid, scores, -1.0), k).indices, tf.int64)
+        # ... and where an identity has fewer than K images, random repeats for the rest
+        repeats = tf.cast(tf.floor(tf.random.stateless_uniform([p, k], keys[2])
+                                   * tf.cast(count[:, None], tf.float32)), tf.int64)
+        offsets = tf.where(offsets < count[:, None], offsets, tf.minimum(repeats, count[:, None] - 1))
+        image_ids = tf.reshape(tf.gather(order_t, start[:, None] + offsets), [-1])
+        seeds = tf.random.experimental.stateless_split(keys[3], p * k)
+        return image_ids, tf.gather(labels_t, image_ids), seeds
+
+    ds = tf.data.Dataset.counter().map(sample)
+    ds = ds.unbatch().map(lambda i, label, s: (load(i, s), label), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(p * k, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- explicit triplets
+
+def _batch_triplets(tf, ds, batch_size: int, drop_remainder: bool):
+    """Elements (3, H, W, 3), (3,) -> batches (3B, H, W, 3), (3B,) ordered [anchors, positives, negatives]."""
+    def reorder(images, labels):
+        images = tf.transpose(images, [1, 0, 2, 3, 4])
+        shape = tf.shape(images)
+        images = tf.reshape(images, tf.concat([[-1], shape[2:]], 0))
+        return images, tf.reshape(tf.transpose(labels), [-1])
+
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(reorder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_triplet_dataset(index: FaceIndex, batch_size: int, image_size, aug_cfg: "AugmentConfig | None" = None,
+                         seed: int = 0, cache: bool = True, max_cache_bytes: int | None = None):
+    """Infinite batches of B random triplets (the original design).
+
+    Yields ``images`` float32 ``(3B, H, W, 3)`` ordered ``[B anchors, B positives, B
+    negatives]`` and ``labels`` int32 ``(3B,)``, the true identity labels. Triplet ``e``
+    draws from the stateless seed ``(seed, e)``: an anchor identity uniformly among those
+    with 2+ images, two different images of it, and a negative uniformly among all
+    images of all other identities (never the anchor's; single-image identities
+    included).
+    """
+    import tensorflow as tf
+
+    _check_index(index)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    size = _check_size(image_size)
+    anchors = index.anchor_identities()
+    if len(anchors) < 1 or index.num_identities < 2:
+        raise InputError(f"triplets need an identity with 2+ images and another identity; the data has "
+                         f"{index.describe()}")
+    order, starts, counts = _layout(index)
+    source = _ImageSource(index.paths, size, cache, "training images", max_cache_bytes)
+    load = _augmented(source, aug_cfg, size)
+    anchors_t = tf.constant(anchors, tf.int64)
+    order_t, starts_t, counts_t = (tf.constant(a, tf.int64) for a in (order, starts, counts))
+    labels_t = tf.constant(index.labels, tf.int32)
+    n_images, n_anchor = len(index), len(anchors)
+
+    def draw(key, n):
+        """An integer uniform in [0, n) (n an int64 tensor or int)."""
+        u = tf.random.stateless_uniform([], key, dtype=tf.float64)
+        return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float64)), tf.int64), tf.cast(n, tf.int64) - 1)
+
+    def sample(e):
+        keys = tf.random.experimental.stateless_split(_key(tf, seed, e), 5)
+        identity = tf.gather(anchors_t, draw(keys[0], n_anchor))
+        count, start = tf.gather(counts_t, identity), tf.gather(starts_t, identity)
+        a = draw(keys[1], count)
+        pos = draw(keys[2], count - 1)
+        pos = pos + tf.cast(pos >= a, tf.int64)
+        # a uniform image outside [start, start + count): skip over the anchor's block
+        neg = draw(keys[3], n_images - count)
+        neg = neg + count * tf.cast(neg >= start, tf.int64)
+        ids = tf.stack([tf.gather(order_t, start + a), tf.gather(order_t, start + pos), tf.gather(order_t, neg)])
+        seeds = tf.random.experimental.stateless_split(keys[4], 3)
+        images = tf.stack([load(ids[j], seeds[j]) for j in range(3)])
+        return images, tf.gather(labels_t, ids)
+
+    ds = tf.data.Dataset.counter().map(sample, num_parallel_calls=tf.data.AUTOTUNE)
+    return _batch_triplets(tf, ds, batch_size, drop_remainder=True)
+
+
+def read_triplets_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[tuple[str, str, str]]:
+    """Read a CSV of ``anchor,positive,negative`` image paths (relative to ``root``).
+
+    ``root`` defaults to the file's folder; absolute paths are used as they are. A
+    first line without image file names is a header and skipped; blank lines and lines
+    starting with ``#`` are skipped. The identity of an image is its folder: anchor and
+    positive must share it, the negative must not.
+
+    Returns:
+        a list of ``(anchor, positive, negative)`` path strings.
+
+    Raises:
+        InputError: naming the file and line, for a missing file, a malformed line, a
+            missing image or a triplet whose identities are wrong.
+    """
+    path = Path(path)
+    base = Path(root) if root not in (None, "") else path.parent
+    if not path.is_file():
+        raise InputError(f"triplets file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"triplets file {path}: not UTF-8 text") from None
+    except OSError as e:
+        raise InputError(f"triplets file {path}: cannot read ({e.strerror or e})") from None
+    triplets = []
+    first = True
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if first:
+            first = False
+            if not any(os.path.splitext(c)[1].lower() in IMAGE_EXTENSIONS for c in cells):
+                continue  # header
+        where = f"{path}:{lineno}"
+        if len(cells) != 3 or not all(cells):
+            raise InputError(f"{where}: expected 3 comma-separated image paths (anchor,positive,negative), "
+                             f"found {len([c for c in cells if c])}")
+        files = [c if os.path.isabs(c) else os.path.join(base, c) for c in cells]
+        for role, f in zip(("anchor", "positive", "negative"), files):
+            if not os.path.isfile(f):
+                raise InputError(f"{where}: {role} image not found: {f}")
+        folders = [os.path.dirname(os.path.abspath(f)) for f in files]
+        if folders[0] != folders[1]:
+            raise InputError(f"{where}: anchor and positive are in different identity folders "
+                             f"({os.path.basename(folders[0])} vs {os.path.basename(folders[1])})")
+        if folders[2] == folders[0]:
+            raise InputError(f"{where}: negative is from the anchor's identity folder {os.path.basename(folders[0])}")
+        triplets.append(tuple(files))
+    if not triplets:
+        raise InputError(f"triplets file {path} holds no triplets")
+    return triplets
+
+
+def make_triplets_file_dataset(triplets: typing.Sequence[tuple[str, str, str]], batch_size: int, image_size,
+                               aug_cfg: "AugmentConfig | None" = None, seed: int = 0, *,
+                               index: FaceIndex | None = None, cache: bool = True, repeat: bool = True,
+                               shuffle: bool | None = None, max_cache_bytes: int | None = None):
+    """Batches of listed triplets, in the output format of :func:`make_triplet_dataset`.
+
+    Labels come from ``index`` when given (then triplets with an image outside it, e.g.
+    of a validation identity, are left out), else from the identity folder names sorted.
+    ``repeat`` (default) cycles forever, reshuffled each pass from ``(seed, pass)`` and
+    augmented; ``repeat=False`` gives one pass in file order (``shuffle`` False) with a
+    smaller last batch, e.g. for validation with ``aug_cfg=None``.
+    """
+    import tensorflow as tf
+
+    batch_size = _check_positive_int("batch_size", batch_size)
+    size = _check_size(image_size)
+    shuffle = repeat if shuffle is None else bool(shuffle)
+    triplets = [tuple(str(p) for p in t) for t in triplets]
+    if not triplets:
+        raise InputError("no triplets to train on")
+    if any(len(t) != 3 for t in triplets):
+        raise ValueError("triplets must be (anchor, positive, negative) path tuples")
+    if index is not None:
+        _check_index(index)
+        label_of = {os.path.abspath(p): int(l) for p, l in zip(index.paths, index.labels)}
+        kept = [t for t in triplets if all(os.path.abspath(p) in label_of for p in t)]
+        if not kept:
+            raise InputError(f"none of the {len(triplets)} triplets uses only images of the training identities "
+                             f"({index.describe()})")
+        triplets = kept
+        labels = np.array([[label_of[os.path.abspath(p)] for p in t] for t in triplets], np.int32)
+    else:
+        folders = sorted({os.path.dirname(os.path.abspath(p)) for t in triplets for p in t})
+        folder_label = {f: i for i, f in enumerate(folders)}
+        labels = np.array([[folder_label[os.path.dirname(os.path.abspath(p))] for p in t] for t in triplets],
+                          np.int32)
+    unique = sorted({p for t in triplets for p in t})
+    position = {p: i for i, p in enumerate(unique)}
+    ids = np.array([[position[p] for p in t] for t in triplets], np.int64)
+    source = _ImageSource(unique, size, cache, "triplet images", max_cache_bytes)
+    load = _augmented(source, aug_cfg, size)
+    ids_t, labels_t = tf.constant(ids), tf.constant(labels)
+    n = len(triplets)
+
+    def one_pass(epoch):
+        if shuffle:
+            keys = tf.random.stateless_uniform([n], tf.stack([tf.constant(int(seed) + 1, tf.int64), epoch]))
+            return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+        return tf.data.Dataset.range(n)
+
+    passes = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+    ds = passes.flat_map(one_pass).enumerate()
+
+    def element(e, t):
+        seeds = tf.random.experimental.stateless_split(_key(tf, seed, e), 3)
+        images = tf.stack([load(ids_t[t, j], seeds[j]) for j in range(3)])
+        return images, labels_t[t]
+
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE)
+    return _batch_triplets(tf, ds, batch_size, drop_remainder=repeat)
+
+
+# --------------------------------------------------------------------------- synthetic identities
+
+def _synthetic_patterns(n_identities: int, seed: int) -> np.ndarray:
+    """One fixed low-frequency colour pattern per identity: float32 (n, 6, 6, 3) in [0, 255]."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 255.0, size=(n_identities, 6, 6, 3)).astype(np.float32)
+
+
+def _synthetic_images(tf, patterns_t, labels, key, image_size):
+    """Images of identities ``labels``: pattern + per-image pattern jitter, brightness and pixel noise."""
+    n = tf.shape(labels)[0]
+    keys = tf.random.experimental.stateless_split(key, 3)
+    low = tf.gather(patterns_t, labels)
+    low = low + 12.0 * tf.random.stateless_normal(tf.shape(low), keys[0])
+    images = tf.image.resize(low, image_size, method="bicubic")
+    images = images + tf.random.stateless_uniform(tf.stack([n, 1, 1, 1]), keys[1], -20.0, 20.0)
+    images = images + 8.0 * tf.random.stateless_normal(tf.shape(images), keys[2])
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def make_synthetic_dataset(p: int, k: int, image_size, n_identities: int = 64, seed: int = 0):
+    """Infinite generated P×K batches in the format of :func:`make_pk_dataset`, no files.
+
+    Each identity is a fixed random low-frequency colour pattern (from ``seed``); each
+    image adds pattern jitter, a brightness shift and pixel noise, so the task is
+    learnable but not trivial. No augmentation. For smoke and throughput runs.
+    """
+    import tensorflow as tf
+
+    p, k = _check_positive_int("p", p), _check_positive_int("k", k)
+    n_identities = _check_positive_int("n_identities", n_identities)
+    size = _check_size(image_size)
+    if p > n_identities:
+        raise InputError(f"P={p} identities per batch is more than the {n_identities} synthetic identities "
+                         f"(data.synthetic_identities)")
+    patterns_t = tf.constant(_synthetic_patterns(n_identities, seed))
+
+    def batch(b):
+        keys = tf.random.experimental.stateless_split(_key(tf, seed, b), 2)
+        ids = tf.math.top_k(tf.random.stateless_uniform([n_identities], keys[0]), p).indices
+        labels = tf.repeat(ids, k)
+        return _synthetic_images(tf, patterns_t, labels, keys[1], size), tf.cast(labels, tf.int32)
+
+    return tf.data.Dataset.counter().map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def make_synthetic_triplet_dataset(batch_size: int, image_size, n_identities: int = 64, seed: int = 0):
+    """Infinite generated triplet batches in the format of :func:`make_triplet_dataset`."""
+    import tensorflow as tf
+
+    batch_size = _check_positive_int("batch_size", batch_size)
+    n_identities = _check_positive_int("n_identities", n_identities)
+    size = _check_size(image_size)
+    if n_identities < 2:
+        raise InputError(f"triplets need 2 or more synthetic identities (data.synthetic_identities), "
+                         f"received: {n_identities}")
+    patterns_t = tf.constant(_synthetic_patterns(n_identities, seed))
+
+    def batch(b):
+        keys = tf.random.experimental.stateless_split(_key(tf, seed, b), 3)
+        anchor = tf.random.stateless_uniform([batch_size], keys[0], 0, n_identities, dtype=tf.int32)
+        other = tf.random.stateless_uniform([batch_size], keys[1], 1, n_identities, dtype=tf.int32)
+        negative = (anchor + other) % n_identities
+        labels = tf.concat([anchor, anchor, negative], 0)
+        return _synthetic_images(tf, patterns_t, labels, keys[2], size), labels
+
+    return tf.data.Dataset.counter().map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- validation pairs and triplets
+
+def _check_val_index(index: FaceIndex, what: str) -> None:
+    _check_index(index)
+    if len(index.anchor_identities()) < 1 or index.num_identities < 2:
+        raise InputError(f"validation {what} need an identity with 2+ images and another identity; "
+                         f"the validation data has {index.describe()}")
+
+
+def _unique_draws(draw, n: int, rng) -> list[tuple[int, int]]:
+    """``n`` draws of ``draw(rng) -> (a, b)``, avoiding repeats while that is possible."""
+    seen, out = set(), []
+    attempts = 0
+    while len(out) < n:
+        a, b = draw(rng)
+        attempts += 1
+        pair = (min(a, b), max(a, b))
+        if pair in seen and attempts < 50 * n:
+            continue
+        seen.add(pair)
+        out.append((a, b))
+    return out
+
+
+def make_val_pairs(index: FaceIndex, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n_pairs`` image pairs, ``n_pairs // 2`` matched and the rest mismatched, in random order.
+
+    Matched: an identity with 2+ images drawn uniformly, two different images of it.
+    Mismatched: two different identities drawn uniformly, one image of each. Pairs are
+    not repeated while enough distinct ones exist. Deterministic for a seed.
+
+    Returns:
+        ``(idx_a, idx_b, same)``: int64 indices into ``index.paths`` and a bool array.
+    """
+    _check_val_index(index, "pairs")
+    n_pairs = _check_positive_int("n_pairs", n_pairs)
+    rng = np.random.default_rng(seed)
+    order, starts, counts = _layout(index)
+    anchors = index.anchor_identities()
+    n_ids = index.num_identities
+
+    def matched(r):
+        ident = anchors[r.integers(len(anchors))]
+        a, b = r.choice(counts[ident], size=2, replace=False)
+        return int(order[starts[ident] + a]), int(order[starts[ident] + b])
+
+    def mismatched(r):
+        i, j = r.choice(n_ids, size=2, replace=False)
+        return (int(order[starts[i] + r.integers(counts[i])]), int(order[starts[j] + r.integers(counts[j])]))
+
+    n_same = n_pairs // 2
+    pairs = _unique_draws(matched, n_same, rng) + _unique_draws(mismatched, n_pairs - n_same, rng)
+    same = np.array([True] * n_same + [False] * (n_pairs - n_same))
+    perm = rng.permutation(n_pairs)
+    pairs_arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)[perm]
+    return pairs_arr[:, 0], pairs_arr[:, 1], same[perm]
+
+
+def make_val_triplets(index: FaceIndex, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` triplets ``(anchor, positive, negative)`` of indices into ``index.paths``.
+
+    Sampled as in :func:`make_triplet_dataset` (negative never of the anchor's identity);
+    deterministic for a seed.
+    """
+    _check_val_index(index, "triplets")
+    n = _check_positive_int("n", n)
+    rng = np.random.default_rng(seed)
+    order, starts, counts = _layout(index)
+    anchors = index.anchor_identities()
+    n_images = len(index)
+    out = np.zeros((n, 3), np.int64)
+    for row in range(n):
+        ident = anchors[rng.integers(len(anchors))]
+        a, p = rng.choice(counts[ident], size=2, replace=False)
+        neg = rng.integers(n_images - counts[ident])
+        if neg >= starts[ident]:
+            neg += counts[ident]
+        out[row] = (order[starts[ident] + a], order[starts[ident] + p], order[neg])
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def build_train_dataset(cfg: "Config", index: FaceIndex | None = None):
+    """The training dataset ``cfg`` asks for (``data.source`` × ``data.sampling``).
+
+    ``index`` is the training index (after :func:`split_by_identity`); when None it is
+    made from ``data.train_dir``. P = ``cfg.data.p``, K = ``cfg.data.k``; triplet modes
+    take ``data.batch_size`` triplets per batch. ``triplets_file`` paths are relative to
+    ``data.train_dir`` and triplets touching identities outside ``index`` are left out.
+    """
+    data = cfg.data
+    size = _check_size(cfg.model.image_size)
+    if data.source == "synthetic":
+        if data.sampling == "pk":
+            return make_synthetic_dataset(data.p, data.k, size, data.synthetic_identities, data.seed)
+        return make_synthetic_triplet_dataset(data.batch_size, size, data.synthetic_identities, data.seed)
+    if data.source != "folder":
+        raise ValueError(f"data.source must be folder or synthetic, received: {data.source!r}")
+    if index is None:
+        index = index_folder(data.train_dir)
+    if data.sampling == "pk":
+        return make_pk_dataset(index, data.p, data.k, size, cfg.augment, data.seed, cache=data.cache)
+    if data.sampling == "triplets":
+        return make_triplet_dataset(index, data.batch_size, size, cfg.augment, data.seed, cache=data.cache)
+    if data.sampling == "triplets_file":
+        if not data.triplets_file:
+            raise InputError("data.sampling=triplets_file needs data.triplets_file (a CSV of "
+                             "anchor,positive,negative paths)")
+        triplets = read_triplets_file(data.triplets_file, root=data.train_dir)
+        return make_triplets_file_dataset(triplets, data.batch_size, size, cfg.augment, data.seed,
+                                          index=index, cache=data.cache)
+    raise ValueError(f"data.sampling must be pk, triplets or triplets_file, received: {data.sampling!r}")

@@ -1,0 +1,134 @@
+"""``tripletface demo``: the whole pipeline on LFW in one command.
+
+crop (all of lfw-dev, resumable) -> train a short preset on the identities *outside* the held-out
+fold -> evaluate on that fold's pairs of ``lfw-dev-pairs.txt`` -> compare two photos -> report.
+Data comes from ``--data``, else ``$TRIPLETFACE_DATA``, else ``../shared/data`` (a folder holding
+``lfw-dev/`` and ``lfw-dev-pairs.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from tripletface.errors import InputError
+
+DEMO_DEFAULTS = ["train.epochs=3", "train.steps_per_epoch=40"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tripletface.cli import add_config_arguments
+
+    parser.add_argument("--data", default=None, help="folder with lfw-dev/ and lfw-dev-pairs.txt")
+    parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    parser.add_argument("--holdout-fold", type=int, default=1, help="pairs fold to hold out and score (1-based)")
+    parser.add_argument("--crop-only", action="store_true", help="stop after cropping")
+    add_config_arguments(parser)
+
+
+def find_data_root(explicit: str | None = None) -> Path:
+    """The data folder: explicit, $TRIPLETFACE_DATA, or ../shared/data next to the working directory/repo."""
+    candidates = []
+    if explicit:
+        candidates.append(Path(explicit))
+    if os.environ.get("TRIPLETFACE_DATA"):
+        candidates.append(Path(os.environ["TRIPLETFACE_DATA"]))
+    candidates += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for c in candidates:
+        if (c / "lfw-dev").is_dir():
+            return c
+        if c.is_dir() and c.name == "lfw-dev":
+            return c.parent
+    raise InputError("no LFW data found: pass --data DIR or set TRIPLETFACE_DATA to a folder holding lfw-dev/ "
+                     f"(looked in: {', '.join(str(c) for c in candidates)})")
+
+
+def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Path) -> tuple[int, int]:
+    """Write the held-out fold as its own pairs file and its identities as an exclusion list."""
+    from tripletface.pairs import read_pairs
+
+    pairs = read_pairs(pairs_file)
+    folds = sorted({p.fold for p in pairs})
+    if fold < 1 or fold > len(folds):
+        raise InputError(f"--holdout-fold must be in 1..{len(folds)}, received: {fold}")
+    sel = [p for p in pairs if p.fold == folds[fold - 1]]
+    matched = [p for p in sel if p.same]
+    mismatched = [p for p in sel if not p.same]
+    lines = [f"1\t{len(matched)}"]
+    lines += [f"{p.name_a}\t{p.idx_a}\t{p.idx_b}" for p in matched]
+    lines += [f"{p.name_a}\t{p.idx_a}\t{p.name_b}\t{p.idx_b}" for p in mismatched]
+    out_pairs.write_text("\n".join(lines) + "\n")
+    names = sorted({p.name_a for p in sel} | {p.name_b for p in sel})
+    out_identities.write_text("\n".join(names) + "\n")
+    return len(sel), len(names)
+
+
+def _step(title: str) -> float:
+    print(f"\n== {title}", file=sys.stderr, flush=True)
+    return time.time()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tripletface.cli import main as cli
+
+    root = find_data_root(args.data)
+    lfw, pairs_file = root / "lfw-dev", root / "lfw-dev-pairs.txt"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cropped = out / "cropped"
+    summary: dict = {"data": str(root)}
+    t0 = _step(f"crop {lfw} -> {cropped}")
+    rc = cli(["crop", str(lfw), str(cropped)])
+    if rc != 0:
+        return rc
+    summary["crop_seconds"] = round(time.time() - t0, 1)
+    if args.crop_only:
+        print(json.dumps(summary))
+        return 0
+    if not pairs_file.is_file():
+        raise InputError(f"{pairs_file}: pairs file not found")
+    fold_pairs, holdout = out / f"pairs_fold{args.holdout_fold}.txt", out / "holdout_identities.txt"
+    n_pairs, n_ids = write_fold(pairs_file, args.holdout_fold, fold_pairs, holdout)
+    print(f"held out fold {args.holdout_fold}: {n_pairs} pairs, {n_ids} identities excluded from training",
+          file=sys.stderr)
+
+    t0 = _step("train")
+    ckpt = out / "checkpoints"
+    train_args = ["train", "--preset", args.preset or "demo"]
+    if args.config:
+        train_args += ["--config", args.config]
+    train_args += ["--set", *DEMO_DEFAULTS, f"TRAIN_DIR={cropped}", f"CHECKPOINT_DIR={ckpt}",
+                   f"TENSORBOARD_LOGDIR={out / 'logs'}", f"data.exclude_identities={holdout}", *args.overrides]
+    rc = cli(train_args)
+    if rc != 0:
+        return rc
+    summary["train_seconds"] = round(time.time() - t0, 1)
+    model = ckpt / "model.keras"
+
+    t0 = _step(f"evaluate on fold {args.holdout_fold} (identities never seen in training)")
+    report = out / "report"
+    rc = cli(["evaluate", "--model", str(model), "--data-dir", str(cropped), "--aligned", "--pairs", str(fold_pairs),
+              "--report-dir", str(report)])
+    if rc != 0:
+        return rc
+    metrics = json.loads((report / "metrics.json").read_text())["metrics"]
+    summary.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer") if k in metrics})
+
+    _step("compare two photos (raw, detected and aligned with the model's settings)")
+    from tripletface.pairs import pair_paths, read_pairs
+
+    sel = read_pairs(fold_pairs)
+    for p in (next(p for p in sel if p.same), next(p for p in sel if not p.same)):
+        a, b = pair_paths(lfw, p)
+        print(f"{a.name} vs {b.name} (truly {'same' if p.same else 'different'}):", file=sys.stderr)
+        rc = cli(["compare", str(a), str(b), "--model", str(model)])
+        if rc not in (0,):
+            return rc
+    summary["model"] = str(model)
+    summary["report"] = str(report / "report.html")
+    print(json.dumps(summary, indent=2))
+    return 0

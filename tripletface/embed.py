@@ -1,0 +1,132 @@
+"""``tripletface embed --model MODEL INPUT_DIR --output embeddings.npz [--aligned]``.
+
+Every image under INPUT_DIR (recursively; hidden files and folders skipped) is embedded:
+raw photos are detected and aligned with the settings stored in the model; with
+``--aligned`` the files are taken as aligned crops.
+
+The ``.npz`` maps each image's path relative to INPUT_DIR, without extension and with
+``/`` separators (``Zico/Zico_0001``), to its embedding (float32, unit length); it holds
+plain arrays only (``np.load(f, allow_pickle=False)`` reads it). Images that fail are
+listed in the sidecar ``<output stem>.failures.jsonl``, one JSON object a line with
+``key``, ``path``, ``status`` and ``reason``, never silently dropped; the sidecar is
+written (possibly empty) on every run, so it never describes an older run.
+
+Example::
+
+    tripletface embed --model model.keras photos/ --output photos.npz
+    np.load("photos.npz")["Zico/Zico_0001"]       # (D,) float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tripletface.errors import InputError
+
+__all__ = ["add_arguments", "run", "list_images", "image_key", "output_paths", "write_npz_atomic"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (searched recursively)")
+    parser.add_argument("--output", required=True, help="the .npz to write (.npz is appended if missing)")
+    parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
+    parser.add_argument("--aligned", action="store_true", help="inputs are aligned crops: use them as they are")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under ``root``, recursively, sorted; hidden files and folders are skipped."""
+    from tripletface.imageio import is_image_file
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: input folder not found" if not root.exists() else f"{root}: not a folder")
+    files = sorted(p for p in root.rglob("*")
+                   if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                   and (p.is_file() or p.is_symlink()))
+    if not files:
+        raise InputError(f"{root}: no images found (extensions: jpg, jpeg, png, bmp, webp, pgm, ppm, tif, tiff)")
+    return files
+
+
+def image_key(root: Path, path: Path) -> str:
+    """``root/Zico/Zico_0001.jpg`` -> ``"Zico/Zico_0001"``."""
+    return Path(path).relative_to(root).with_suffix("").as_posix()
+
+
+def output_paths(output) -> tuple[Path, Path]:
+    """(the .npz, its failures sidecar) for ``--output``."""
+    out = Path(output)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    return out, out.with_name(out.name[: -len(".npz")] + ".failures.jsonl")
+
+
+def write_npz_atomic(path: Path, arrays: dict) -> None:
+    """``np.savez`` to a temporary file, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tripletface.embedder import Embedder, Failure
+
+    if args.batch_size <= 0:
+        raise InputError(f"--batch-size must be > 0, received: {args.batch_size}")
+    root = Path(args.input_dir)
+    files = list_images(root)
+    out, side = output_paths(args.output)
+    if out.is_dir():
+        raise InputError(f"{out}: --output is a folder; give a file name ending in .npz")
+
+    # Keys must be unique: a/x.jpg and a/x.png would both be "a/x". Keep the first, list the rest.
+    seen: dict[str, Path] = {}
+    unique, duplicates = [], []
+    for p in files:
+        k = image_key(root, p)
+        if k in seen:
+            duplicates.append(Failure(str(p), "duplicate_key", f"same key {k!r} as {seen[k].name}; not embedded"))
+        else:
+            seen[k] = p
+            unique.append(p)
+
+    embedder = Embedder.load(args.model, batch_size=args.batch_size)
+    vectors, failures = embedder.embed_files(unique, aligned=args.aligned, progress=True)
+    failed = {f.path for f in failures}
+    arrays = {image_key(root, p): vectors[i] for i, p in enumerate(unique) if str(p) not in failed}
+    failures = failures + duplicates
+    write_npz_atomic(out, arrays)
+    lines = [json.dumps({"key": image_key(root, Path(f.path)), **f.to_dict()}) + "\n" for f in failures]
+    _write_text_atomic(side, "".join(lines))
+    print(f"embedded {len(arrays)} of {len(files)} images ({embedder.dim}-d) -> {out}; "
+          f"{len(failures)} failed -> {side}", file=sys.stderr)
+    for f in failures[:10]:
+        print(f"  {f.message}", file=sys.stderr)
+    if len(failures) > 10:
+        print(f"  ... and {len(failures) - 10} more (see {side})", file=sys.stderr)
+    if not arrays:
+        raise InputError(f"{root}: none of the {len(files)} images could be embedded; reasons in {side}")
+    return 0

@@ -1,0 +1,254 @@
+"""The embedding model: backbone -> global average pooling -> Dense -> L2 normalisation.
+
+Input: float pixels in [0, 255], shape (H, W, 3), aligned faces (see ``tripletface.align``).
+The model starts with a :class:`FacePreprocess` layer that maps pixels to what the
+backbone expects *and* carries the model's metadata (alignment settings, image size,
+decision threshold), so a saved ``.keras`` file holds everything inference needs to
+preprocess exactly as training did. Every custom layer is registered and serializable:
+the model loads with ``safe_mode=True`` (no Lambda layers).
+
+Example::
+
+    model = build_embedding_model("mobilenet", embedding_dim=128, input_size=(112, 112))
+    emb = model(np.zeros((2, 112, 112, 3), "float32"))  # (2, 128), unit rows
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from tripletface.errors import ModelError
+
+BACKBONES = ("resnet50", "efficientnet", "mobilenet", "small_cnn")
+
+# What each backbone expects of its input, applied by FacePreprocess.
+#   caffe:   RGB->BGR, minus ImageNet channel means (keras.applications.resnet50)
+#   raw:     0..255 as is (EfficientNet rescales and normalises inside the model)
+#   tf:      scale to [-1, 1] (MobileNetV2, small_cnn)
+PREPROCESS_MODES = {"resnet50": "caffe", "efficientnet": "raw", "mobilenet": "tf", "small_cnn": "tf"}
+
+_registered = False
+
+
+def _register():
+    """Define and register the custom layers (once, lazily: importing this module loads no Keras)."""
+    global _registered, FacePreprocess, L2Normalize
+    if _registered:
+        return
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="tripletface")
+    class FacePreprocess(keras.layers.Layer):
+        """Pixels [0, 255] -> backbone input; holds the model's metadata dict.
+
+        Args:
+            mode: "caffe" | "raw" | "tf" (see ``PREPROCESS_MODES``).
+            metadata: JSON-serialisable dict (alignment settings, threshold, ...).
+        """
+
+        def __init__(self, mode="tf", metadata=None, **kwargs):
+            super().__init__(**kwargs)
+            if mode not in ("caffe", "raw", "tf"):
+                raise ValueError(f"mode must be caffe|raw|tf, received: {mode!r}")
+            self.mode = mode
+            self.metadata = dict(metadata or {})
+
+        def call(self, inputs):
+            x = ops.cast(inputs, self.compute_dtype)
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "caffe":
+                x = ops.flip(x, axis=-1)  # RGB -> BGR
+                mean = ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
+                return x - mean
+            return x
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"mode": self.mode, "metadata": copy.deepcopy(self.metadata)})
+            return config
+
+    @keras.saving.register_keras_serializable(package="tripletface")
+    class L2Normalize(keras.layers.Layer):
+        """Unit-length rows, computed in float32 (safe under mixed precision)."""
+
+        def __init__(self, axis=-1, epsilon=1e-12, **kwargs):
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(**kwargs)
+            self.axis = axis
+            self.epsilon = epsilon
+
+        def call(self, inputs):
+            x = ops.cast(inputs, "float32")
+            sq = ops.sum(ops.square(x), axis=self.axis, keepdims=True)
+            return x * ops.rsqrt(ops.maximum(sq, self.epsilon))
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"axis": self.axis, "epsilon": self.epsilon})
+            return config
+
+    globals()["FacePreprocess"] = FacePreprocess
+    globals()["L2Normalize"] = L2Normalize
+    _registered = True
+
+
+def custom_objects() -> dict:
+    _register()
+    from tripletface import losses  # noqa: F401  (registers the loss classes)
+
+    return {"FacePreprocess": FacePreprocess, "L2Normalize": L2Normalize}
+
+
+def _small_cnn(inputs, width: float):
+    """A plain VGG-style CNN (4 stages of two 3x3 convs + BN + ReLU): small, fast, for CPU runs."""
+    import keras
+
+    x = inputs
+    for i, ch in enumerate((32, 64, 128, 256)):
+        ch = max(8, int(ch * width))
+        for j in range(2):
+            strides = 2 if (j == 0 and i > 0) else 1
+            x = keras.layers.Conv2D(ch, 3, strides=strides, padding="same", use_bias=False,
+                                    name=f"stage{i}_conv{j}")(x)
+            x = keras.layers.BatchNormalization(name=f"stage{i}_bn{j}")(x)
+            x = keras.layers.ReLU(name=f"stage{i}_relu{j}")(x)
+    return x
+
+
+def _check_weights(backbone: str, weights):
+    if weights in (None, "imagenet"):
+        if weights == "imagenet" and backbone == "small_cnn":
+            raise ValueError("weights='imagenet' is not available for backbone 'small_cnn', received: 'imagenet'")
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        if not Path(weights).is_file():
+            raise ModelError(f"{weights}: weights file not found")
+        return str(weights)
+    raise ValueError(f"weights must be 'imagenet', None or a file path, received: {weights!r}")
+
+
+def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, input_size=(224, 224),
+                          weights=None, dropout: float = 0.0, width: float = 1.0, metadata: dict | None = None):
+    """Build the embedding model.
+
+    Args:
+        backbone: "resnet50" (the original design), "efficientnet" (B0), "mobilenet" (V2) or
+            "small_cnn" (a plain CNN sized for CPU training from scratch).
+        embedding_dim: size of the embedding (Dense units).
+        input_size: (height, width) of the aligned face input.
+        weights: "imagenet" (downloaded by Keras; needs internet), None (random init) or the
+            path of a local backbone weights file (Keras applications' "notop" .h5 format).
+        dropout: dropout rate before the Dense layer.
+        width: width multiplier (MobileNetV2 alpha; small_cnn channels).
+        metadata: JSON-serialisable dict stored in the model (alignment settings etc.).
+
+    Returns:
+        A functional ``keras.Model`` mapping (B, H, W, 3) pixels in [0, 255] to (B, embedding_dim)
+        unit-length float32 embeddings.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, received: {backbone!r}")
+    if int(embedding_dim) <= 0:
+        raise ValueError(f"embedding_dim must be > 0, received: {embedding_dim}")
+    h, w = (int(input_size), int(input_size)) if isinstance(input_size, int) else map(int, input_size)
+    if h < 32 or w < 32:
+        raise ValueError(f"input_size must be at least 32x32, received: {input_size}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), received: {dropout}")
+    weights = _check_weights(backbone, weights)
+    _register()
+    import keras
+
+    meta = dict(metadata or {})
+    meta.update({"backbone": backbone, "embedding_dim": int(embedding_dim), "image_size": [h, w],
+                 "preprocess": PREPROCESS_MODES[backbone]})
+    inputs = keras.Input((h, w, 3), name="image")
+    x = FacePreprocess(PREPROCESS_MODES[backbone], metadata=meta, name="preprocess")(inputs)
+    if backbone == "small_cnn":
+        x = _small_cnn(x, width)
+    else:
+        apps = keras.applications
+        ctor = {"resnet50": apps.ResNet50, "efficientnet": apps.EfficientNetB0, "mobilenet": apps.MobileNetV2}[backbone]
+        kw = {"alpha": width} if backbone == "mobilenet" else {}
+        try:
+            base = ctor(include_top=False, weights=weights, input_shape=(h, w, 3), **kw)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{backbone} weights {weights!r}: {str(e).splitlines()[0]}") from None
+        x = base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dense(int(embedding_dim), name="embedding")(x)
+    outputs = L2Normalize(name="l2_normalize")(x)
+    return keras.Model(inputs, outputs, name=f"tripletface_{backbone}")
+
+
+def preprocess_layer(model):
+    _register()
+    for layer in model.layers:
+        if isinstance(layer, FacePreprocess):
+            return layer
+    raise ModelError(f"model {model.name!r} has no FacePreprocess layer: not a tripletface model")
+
+
+def get_metadata(model) -> dict:
+    return copy.deepcopy(preprocess_layer(model).metadata)
+
+
+def update_metadata(model, **values) -> dict:
+    """Merge ``values`` into the model's metadata (JSON-serialisable) and return the result."""
+    json.dumps(values)  # fail early on values that can't be saved
+    layer = preprocess_layer(model)
+    layer.metadata.update(copy.deepcopy(values))
+    return copy.deepcopy(layer.metadata)
+
+
+def save_model(model, path) -> Path:
+    """Save atomically to ``path`` (.keras): a crash never leaves a half-written model."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"model path must end in .keras, received: {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_model(path):
+    """Load a tripletface ``.keras`` model with ``safe_mode=True``; a one-line ModelError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a .keras model file")
+    custom = custom_objects()
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, custom_objects=custom, compile=False, safe_mode=True)
+    except Exception as e:  # keras raises many kinds here; all mean 'this file is not usable'
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "lambda" in msg.lower() or "safe_mode" in msg:
+            msg = "refused: it contains a Lambda layer (arbitrary code); only safe models load"
+        raise ModelError(f"{path}: cannot load model ({msg[:300]})") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{path}: not a Keras model")
+    preprocess_layer(model)
+    return model
