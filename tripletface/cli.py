@@ -26,6 +26,8 @@ COMMANDS = {
     "enroll": ("tripletface.gallery", "add identities (one folder each) to a gallery"),
     "identify": ("tripletface.gallery", "find the nearest identities of a face in a gallery"),
     "demo": ("tripletface.demo", "the whole pipeline on LFW: crop, train, evaluate, compare"),
+    "export": ("tripletface.export", "export a model (uint8 aligned face in, embedding out): savedmodel|tflite|onnx"),
+    "serve": ("tripletface.serve", "HTTP service: /verify, /embed, /identify, /healthz (FastAPI)"),
 }
 
 
@@ -76,7 +78,8 @@ def import_tensorflow_quietly() -> None:
         import keras  # noqa: F401
         import tensorflow as tf
 
-        tf.constant(0)  # the second notice comes with the first op
+        if not os.environ.get("TF_CONFIG"):  # a multi-worker strategy must be created before the first op
+            tf.constant(0)  # the second notice comes with the first op
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -74,6 +74,7 @@ class DataConfig:
     cache: bool = True
     seed: int = 1234
     synthetic_identities: int = 64
+    singletons: float = 0.0  # share of P×K identities drawn from one-image identities (augmented views)
     exclude_identities: str = ""  # file of identity names (one a line) never used in training
 
     @property
@@ -131,6 +132,7 @@ class TrainConfig:
     checkpoint_dir: str = "checkpoints"
     tensorboard_logdir: str = "logs"
     seed: int = 42
+    distribute: str = "none"  # none | mirrored | multiworker (tripletface.distribute; TF_CONFIG for multiworker)
 
 
 @dataclass
@@ -204,6 +206,22 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
         "train.validation_steps": 2,
         "train.epochs": 3,
         "train.learning_rate": 1e-3,
+        "loss.name": "semi_hard",
+        "augment.rotation": 8.0,
+    },
+    # The LFW-only CPU recipe (docs/RECIPE.md): trains from scratch on aligned LFW crops on 2 cores.
+    "lfw-cpu": {
+        "model.backbone": "small_cnn",
+        "model.image_size": (64, 64),
+        "model.width": 1.0,
+        "data.batch_size": 128,
+        "data.k": 4,
+        "data.val_pairs": 400,
+        "train.steps_per_epoch": 100,
+        "train.validation_steps": 2,
+        "train.epochs": 10,
+        "train.learning_rate": 1e-3,
+        "train.lr_schedule": "cosine",
         "loss.name": "semi_hard",
         "augment.rotation": 8.0,
     },
@@ -336,6 +354,7 @@ def _validate(cfg: Config) -> None:
         "train.optimizer": ("adam", "adamw", "sgd"),
         "train.lr_schedule": ("constant", "cosine"),
         "train.mixed_precision": ("float32", "bfloat16", "float16", "auto"),
+        "train.distribute": ("none", "mirrored", "multiworker"),
     }
     for key, allowed in choices.items():
         section, name = key.split(".")
@@ -353,6 +372,7 @@ def _validate(cfg: Config) -> None:
     need(cfg.loss.margin >= 0, "loss.margin", cfg.loss.margin, "must be >= 0")
     need(0 < cfg.crop.detect_scale <= 1, "crop.detect_scale", cfg.crop.detect_scale, "must be in (0, 1]")
     need(0 <= cfg.crop.test_fraction < 1, "crop.test_fraction", cfg.crop.test_fraction, "must be in [0, 1)")
+    need(0 <= cfg.data.singletons < 1, "data.singletons", cfg.data.singletons, "must be in [0, 1)")
     need(0 <= cfg.data.val_fraction < 1, "data.val_fraction", cfg.data.val_fraction, "must be in [0, 1)")
     size = cfg.model.image_size
     need(len(size) == 2 and all(isinstance(s, int) and s >= 32 for s in size), "model.image_size", size,

@@ -18,6 +18,14 @@ manifest row is appended and flushed after its file exists, so a run killed at a
 and started again skips what is done, redoes the rest and leaves no partial file. A
 re-run with different settings is refused unless ``--overwrite``.
 
+One run at a time per output folder (and shard): a second ``crop`` into the same OUTPUT_DIR
+refuses at once with a one-line error naming the running one (``OUTPUT_DIR/.lock-<i>of<n>``,
+an ``fcntl`` lock the kernel drops when its holder dies, so a killed run never blocks the
+next). A full disk stops the run with a one-line error naming the file; what was written is
+kept, and the same command run again (with space) resumes. Output names stay inside
+OUTPUT_DIR (no ``..``, no NUL, no folder symlinked out of it) and within 255 bytes (a longer
+name is cut and given a hash, so two long names do not collide).
+
 Parallel: decoding and PNG writing run in a thread pool (``--workers``), detection runs in
 batches of ``crop.detect_batch`` images; ``--shard i/n`` (i = 0..n-1) splits the
 identities between machines (each writes ``manifest-<i>of<n>.jsonl``).
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import os
@@ -42,13 +51,14 @@ import uuid
 import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from tripletface.errors import ImageError, InputError
+from tripletface.errors import ImageError, InputError, TripletfaceError
 from tripletface.imageio import is_image_file
 
 __all__ = ["add_arguments", "run", "crop_dataset", "scan_inputs", "read_manifest", "CropSummary",
@@ -58,6 +68,9 @@ MANIFEST = "manifest.jsonl"
 SETTINGS_FILE = "crop_settings.json"
 TRIPLETS_FILE = "test_triplets.csv"
 _PARTIAL_PREFIX = ".partial"
+_LOCK_PREFIX = ".lock"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NAME_MAX = 255  # bytes in one file name (ext4, xfs, tmpfs, APFS, NTFS in UTF-16 units)
 _MAX_TRIPLETS_PER_IDENTITY = 10
 
 
@@ -286,17 +299,38 @@ def output_names(items: list[InputItem], test_ids: set[str], image_format: str,
             rel = f"{folder}/{base}.{image_format}" if folder else f"{base}.{image_format}"
             if split:
                 rel = ("test/" if it.identity in test_ids else "train/") + rel
+            rel = _fit_name(rel)
             n = 1
             candidate = rel
             while candidate in used:
                 n += 1
-                candidate = f"{os.path.splitext(rel)[0]}_{n}.{image_format}"
+                candidate = _fit_name(f"{os.path.splitext(rel)[0]}_{n}.{image_format}")
             used.add(candidate)
             out[it.source] = candidate
     return out
 
 
+def _fit_name(rel: str) -> str:
+    """``rel`` with its file name cut to :data:`_NAME_MAX` bytes: the stem is shortened and ends
+    in ``~`` plus 8 hex digits of the full name's CRC, so distinct long names stay distinct."""
+    folder, name = os.path.split(rel)
+    if len(os.fsencode(name)) <= _NAME_MAX:
+        return rel
+    stem, ext = os.path.splitext(name)
+    tag = f"~{zlib.crc32(os.fsencode(name)):08x}"
+    room = _NAME_MAX - len(os.fsencode(tag + ext))
+    raw = os.fsencode(stem)
+    try:
+        raw.decode("utf-8")
+        short = raw[:room].decode("utf-8", errors="ignore")  # drops a character cut in two
+    except UnicodeDecodeError:
+        short = os.fsdecode(raw[:room])  # an undecodable name stays byte-exact
+    return f"{folder}/{short}{tag}{ext}" if folder else f"{short}{tag}{ext}"
+
+
 def _inside(root: str, rel: str) -> bool:
+    if "\0" in rel or os.path.isabs(rel):
+        return False
     full = os.path.normpath(os.path.join(root, rel))
     return full.startswith(os.path.normpath(root) + os.sep)
 
@@ -332,9 +366,80 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
 
 def _atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
     tmp = tmp_dir / f"{uuid.uuid4().hex}{path.suffix}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
+@contextmanager
+def _exclusive_output(out_root: Path, shard: tuple[int, int]):
+    """Create OUTPUT_DIR and hold its lock for ``shard`` while the block runs.
+
+    A second run into the same folder and shard raises :class:`InputError` at once (it does
+    not wait: by the time it got the lock, the work would be done). A full disk inside the block
+    becomes a one-line error naming the file; the lock file is removed on the way out.
+    """
+    i_shard, n_shard = shard
+    lock_path = out_root / f"{_LOCK_PREFIX}-{i_shard}of{n_shard}"
+    held = None
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        held = _lock(lock_path, out_root)
+        yield
+    except OSError as e:
+        if e.errno not in _NO_SPACE:
+            raise
+        raise TripletfaceError(f"{e.filename or out_root}: no space left on device; the crops and manifest rows "
+                               "written so far are kept: free some space and run the same command again to "
+                               "resume") from None
+    finally:
+        if held is not None:
+            # this run's temporary files (gone already after a normal end): frees a full disk too
+            shutil.rmtree(out_root / f"{_PARTIAL_PREFIX}-{i_shard}of{n_shard}", ignore_errors=True)
+            try:
+                os.unlink(lock_path)  # before unlocking: a waiting opener sees the inode change and retries
+            except OSError:
+                pass
+            held.close()
+
+
+def _lock(lock_path: Path, out_root: Path):
+    """Open and lock ``lock_path`` without waiting; InputError naming the holder when taken."""
+    while True:
+        fh = open(lock_path, "a+")
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # Windows
+                import msvcrt
+
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()[:40] or "?"
+            fh.close()
+            raise InputError(f"{out_root}: another crop (pid {holder}) is writing into this folder; wait for it "
+                             "to finish (run again then to resume) or use another OUTPUT_DIR") from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file the previous holder removed between our open and our lock
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            return fh
+        fh.close()
 
 
 def _write_rows(path: Path, rows: list[dict], tmp_dir: Path) -> None:
@@ -447,73 +552,73 @@ def crop_dataset(input_dir, output_dir, crop_cfg, shard: tuple[int, int] = (0, 1
 
     settings = alignment_settings(crop_cfg)
     record = _settings_record(crop_cfg, settings)
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_root / f"{_PARTIAL_PREFIX}-{i_shard}of{n_shard}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed run
-    tmp_dir.mkdir()
+    with _exclusive_output(out_root, shard):
+        tmp_dir = out_root / f"{_PARTIAL_PREFIX}-{i_shard}of{n_shard}"
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed run
+        tmp_dir.mkdir()
 
-    settings_path = out_root / SETTINGS_FILE
-    old_rows = [] if overwrite else read_manifest(manifest_path)
-    if settings_path.exists() and not overwrite:
-        try:
-            previous = json.loads(settings_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if previous is not None and previous != record and old_rows:
-            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
-            raise InputError(f"{out_root}: already holds crops made with other settings ({', '.join(changed)} "
-                             "differ); use another OUTPUT_DIR or --overwrite")
-    _atomic_write_bytes(settings_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), tmp_dir)
+        settings_path = out_root / SETTINGS_FILE
+        old_rows = [] if overwrite else read_manifest(manifest_path)
+        if settings_path.exists() and not overwrite:
+            try:
+                previous = json.loads(settings_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = None
+            if previous is not None and previous != record and old_rows:
+                changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+                raise InputError(f"{out_root}: already holds crops made with other settings ({', '.join(changed)} "
+                                 "differ); use another OUTPUT_DIR or --overwrite")
+        _atomic_write_bytes(settings_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), tmp_dir)
 
-    # Resume: keep rows whose work is complete (non-ok rows are final; ok rows need their file).
-    done: dict[str, dict] = {}
-    for row in old_rows:
-        if row.get("status") == "ok":
-            out = row.get("output")
-            if not out or not (out_root / out).is_file():
-                done.pop(row["source"], None)
-                continue
-        done[row["source"]] = row
-    _write_rows(manifest_path, list(done.values()), tmp_dir)  # drops a torn last line
+        # Resume: keep rows whose work is complete (non-ok rows are final; ok rows need their file).
+        done: dict[str, dict] = {}
+        for row in old_rows:
+            if row.get("status") == "ok":
+                out = row.get("output")
+                if not out or not (out_root / out).is_file():
+                    done.pop(row["source"], None)
+                    continue
+            done[row["source"]] = row
+        _write_rows(manifest_path, list(done.values()), tmp_dir)  # drops a torn last line
 
-    todo = [it for it in items if it.source not in done]
-    todo_events = [r for r in event_rows if r["source"] not in done]
-    counts: Counter = Counter()
-    summary_rows = 0
+        todo = [it for it in items if it.source not in done]
+        todo_events = [r for r in event_rows if r["source"] not in done]
+        counts: Counter = Counter()
+        summary_rows = 0
 
-    t_load = time.perf_counter()
-    cropper = FaceCropper.from_settings(settings, workers=crop_cfg.workers) if todo else None
-    load_seconds = time.perf_counter() - t_load
-    t0 = time.perf_counter()
+        t_load = time.perf_counter()
+        cropper = FaceCropper.from_settings(settings, workers=crop_cfg.workers) if todo else None
+        load_seconds = time.perf_counter() - t_load
+        t0 = time.perf_counter()
 
-    with open(manifest_path, "a", encoding="utf-8", errors="surrogateescape") as manifest:
-        def emit(row: dict) -> None:
-            manifest.write(_json_line(row))
-            manifest.flush()
-            counts[row["status"]] += 1
+        with open(manifest_path, "a", encoding="utf-8", errors="surrogateescape") as manifest:
+            def emit(row: dict) -> None:
+                manifest.write(_json_line(row))
+                manifest.flush()
+                counts[row["status"]] += 1
 
-        for row in todo_events:
-            emit(row)
-            summary_rows += 1
-        if todo:
-            summary_rows += _process(todo, cropper, names, test_ids if splitting else None, in_root, out_root,
-                                     tmp_dir, crop_cfg,
-                                     emit, tqdm(total=len(todo), unit="img", disable=not progress,
-                                                file=sys.stderr, desc="crop", dynamic_ncols=True))
-    seconds = time.perf_counter() - t0
+            for row in todo_events:
+                emit(row)
+                summary_rows += 1
+            if todo:
+                summary_rows += _process(todo, cropper, names, test_ids if splitting else None, in_root, out_root,
+                                         tmp_dir, crop_cfg,
+                                         emit, tqdm(total=len(todo), unit="img", disable=not progress,
+                                                    file=sys.stderr, desc="crop", dynamic_ncols=True))
+        seconds = time.perf_counter() - t0
 
-    # Final manifest: one row per source (last wins), sorted.
-    final = {r["source"]: r for r in read_manifest(manifest_path)}
-    _write_rows(manifest_path, [final[k] for k in sorted(final)], tmp_dir)
+        # Final manifest: one row per source (last wins), sorted.
+        final = {r["source"]: r for r in read_manifest(manifest_path)}
+        _write_rows(manifest_path, [final[k] for k in sorted(final)], tmp_dir)
 
-    n_triplets = 0
-    if splitting:
-        n_triplets = write_test_triplets(out_root, crop_cfg.seed, tmp_dir)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    already = sum(it.source in done for it in items) + sum(r["source"] in done for r in event_rows)
-    return CropSummary(counts=counts, processed=summary_rows, already_done=already, seconds=seconds,
-                       load_seconds=load_seconds, manifest=str(manifest_path), ignored=ignored,
-                       test_identities=len(test_ids), triplets=n_triplets)
+        n_triplets = 0
+        if splitting:
+            n_triplets = write_test_triplets(out_root, crop_cfg.seed, tmp_dir)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        already = sum(it.source in done for it in items) + sum(r["source"] in done for r in event_rows)
+        return CropSummary(counts=counts, processed=summary_rows, already_done=already, seconds=seconds,
+                           load_seconds=load_seconds, manifest=str(manifest_path), ignored=ignored,
+                           test_identities=len(test_ids), triplets=n_triplets)
 
 
 def _check_crop_config(crop_cfg) -> None:
@@ -551,9 +656,14 @@ def _process(todo, cropper, names, test_ids, in_root: Path, out_root: Path, tmp_
         except ImageError as e:
             return None, e
 
+    real_out = os.path.realpath(out_root)
+
     def write(rel: str, aligned: np.ndarray) -> None:
         target = out_root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
+        real_parent = os.path.realpath(target.parent)
+        if real_parent != real_out and not real_parent.startswith(real_out + os.sep):
+            raise _OutsideOutput(f"{target.parent} leads outside OUTPUT_DIR (a symlink); not written")
         ok, buf = cv2.imencode("." + image_format, cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR), params)
         if not ok:
             raise OSError(f"cannot encode {rel}")
@@ -597,13 +707,21 @@ def _process(todo, cropper, names, test_ids, in_root: Path, out_root: Path, tmp_
             for row, fut in writes:
                 try:
                     fut.result()
+                except _OutsideOutput as e:
+                    row.update({"status": "skipped", "reason": str(e), "output": None})
                 except OSError as e:
+                    if e.errno in _NO_SPACE:
+                        raise  # the disk is full: stop (see _exclusive_output), don't fail every image
                     row.update({"status": "write_failed", "reason": f"cannot write output ({e})", "output": None})
             for row in rows:
                 emit(row)
                 n += 1
             bar.update(len(chunk))
     return n
+
+
+class _OutsideOutput(Exception):
+    """An output folder that resolves outside OUTPUT_DIR (a symlink planted in it)."""
 
 
 def _process_safely(cropper, images: list) -> list:

@@ -261,19 +261,29 @@ def _check_size(image_size) -> tuple[int, int]:
     return h, w
 
 
+def _check(tf, condition, message: str):
+    """An assertion whose error's first line is ``message`` (eagerly and in graphs)."""
+    return tf.debugging.assert_equal(condition, True, message=message)
+
+
 def _decode_pgm(tf, contents):
     """Binary PGM (P5, 8 or 16 bit) -> uint8 (h, w, 3). tf.io.decode_image has no PGM."""
     header = tf.strings.regex_replace(tf.strings.substr(contents, 0, 256), "#[^\n]*", " ")
-    tokens = tf.strings.split(header)
-    w = tf.strings.to_number(tokens[1], tf.int32)
-    h = tf.strings.to_number(tokens[2], tf.int32)
-    maxval = tf.strings.to_number(tokens[3], tf.int32)
-    depth = tf.where(maxval > 255, 2, 1)
+    # width, height, maxval: checked to be small decimal numbers before any op sees them, so no
+    # error message quotes the file's bytes (TensorFlow cannot raise a message that is not
+    # UTF-8) and nothing overflows (found by fuzz/fuzz_images.py)
+    fields = tf.concat([tf.strings.split(header), tf.constant(["", "", ""])], 0)[1:4]
+    is_number = tf.reduce_all(tf.strings.regex_full_match(fields, "[0-9]{1,6}"))
+    with tf.control_dependencies([_check(tf, is_number, "PGM: bad header (width height maxval)")]):
+        values = tf.strings.to_number(fields, tf.int64)
+    w, h, maxval = values[0], values[1], values[2]
+    depth = tf.where(maxval > 255, tf.constant(2, tf.int64), tf.constant(1, tf.int64))
     nbytes = w * h * depth
-    size = tf.strings.length(contents)
+    size = tf.cast(tf.strings.length(contents), tf.int64)
     with tf.control_dependencies([
-        tf.debugging.assert_positive(maxval, message="PGM: bad maximum value"),
-        tf.debugging.assert_greater_equal(size, nbytes + 9, message="PGM: file shorter than its header says"),
+        _check(tf, tf.logical_and(w > 0, h > 0), "PGM: width and height must be > 0"),
+        _check(tf, tf.logical_and(maxval > 0, maxval < 65536), "PGM: bad maximum value"),
+        _check(tf, size >= nbytes + 9, "PGM: file shorter than its header says"),
     ]):
         data = tf.strings.substr(contents, size - nbytes, nbytes)
     pixels = tf.cond(
@@ -350,6 +360,8 @@ def _why_unreadable(path: str) -> str:
         if reason.startswith("Unknown image file format"):
             return "not a JPEG, PNG, BMP, GIF, WebP or binary PGM image"
         return reason
+    except UnicodeDecodeError:  # a TensorFlow error message quoting the file's non-UTF-8 bytes
+        return "corrupt image data"
     return "cannot be decoded"
 
 
@@ -499,7 +511,8 @@ def _augmented(source: _ImageSource, aug_cfg, image_size):
 # --------------------------------------------------------------------------- P×K batches
 
 def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "AugmentConfig | None" = None,
-                    seed: int = 0, cache: bool = True, max_cache_bytes: int | None = None):
+                    seed: int = 0, cache: bool = True, max_cache_bytes: int | None = None,
+                    singletons: float = 0.0):
     """Infinite P×K batches: ``images`` float32 ``(P*K, H, W, 3)`` in [0, 255], ``labels`` int32 ``(P*K,)``.
 
     Batch ``b`` draws, from the stateless seed ``(seed, b)``, P distinct identities among
@@ -508,6 +521,11 @@ def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "Augm
     identities never appear here (they can serve only as negatives, see
     :func:`make_triplet_dataset`). Rows are identity-major: ``[id0 × K, id1 × K, ...]``.
     The images are augmented per image with a seed derived from ``(seed, b)``.
+
+    ``singletons`` (a fraction in [0, 1)) lets that share of the P identities come from
+    single-image identities, shown K times under different augmentations: their
+    "positives" are augmented views of one photo (instance discrimination), which puts
+    the thousands of one-photo identities of a set like LFW to work as more than negatives.
 
     Raises:
         InputError: P is larger than the number of identities with 2+ images, or an
@@ -521,13 +539,20 @@ def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "Augm
     if k < 2:
         raise ValueError(f"k must be >= 2 so each identity has a positive, received: {k}")
     size = _check_size(image_size)
+    if not 0.0 <= singletons < 1.0:
+        raise ValueError(f"singletons must be in [0, 1), received: {singletons}")
     anchors = index.anchor_identities()
-    if p > len(anchors):
-        raise InputError(f"P={p} identities per batch (data.batch_size / data.k) is more than the "
+    single = np.flatnonzero(index.counts() == 1)
+    p_single = min(int(round(p * singletons)), len(single)) if singletons else 0
+    p_multi = p - p_single
+    if p_multi > len(anchors):
+        raise InputError(f"P={p_multi} identities per batch (data.batch_size / data.k) is more than the "
                          f"{len(anchors)} identities with 2+ images in the training data; lower "
                          f"data.batch_size or raise data.k")
     order, starts, counts = _layout(index)
     width = int(max(k, counts[anchors].max()))
+    single_t = tf.constant(single if len(single) else np.zeros(1, np.int64), tf.int64)
+    n_single = len(single)
     source = _ImageSource(index.paths, size, cache, "training images", max_cache_bytes)
     load = _augmented(source, aug_cfg, size)
     anchors_t = tf.constant(anchors, tf.int64)
@@ -536,10 +561,13 @@ def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "Augm
     n_anchor = len(anchors)
 
     def sample(b):
-        keys = tf.random.experimental.stateless_split(_key(tf, seed, b), 4)
+        keys = tf.random.experimental.stateless_split(_key(tf, seed, b), 5)
         # P distinct identities: the P largest of n_anchor uniform keys
-        pick = tf.math.top_k(tf.random.stateless_uniform([n_anchor], keys[0]), p).indices
+        pick = tf.math.top_k(tf.random.stateless_uniform([n_anchor], keys[0]), p_multi).indices
         ids = tf.gather(anchors_t, pick)
+        if p_single:
+            pick1 = tf.math.top_k(tf.random.stateless_uniform([n_single], keys[4]), p_single).indices
+            ids = tf.concat([ids, tf.gather(single_t, pick1)], axis=0)
         count, start = tf.gather(counts_t, ids), tf.gather(starts_t, ids)
         # K distinct offsets per identity (top-k of random keys over its images) ...
         scores = tf.random.stateless_uniform([p, width], keys[1])
@@ -912,7 +940,8 @@ def build_train_dataset(cfg: "Config", index: FaceIndex | None = None):
     if index is None:
         index = index_folder(data.train_dir)
     if data.sampling == "pk":
-        return make_pk_dataset(index, data.p, data.k, size, cfg.augment, data.seed, cache=data.cache)
+        return make_pk_dataset(index, data.p, data.k, size, cfg.augment, data.seed, cache=data.cache,
+                               singletons=data.singletons)
     if data.sampling == "triplets":
         return make_triplet_dataset(index, data.batch_size, size, cfg.augment, data.seed, cache=data.cache)
     if data.sampling == "triplets_file":

@@ -30,21 +30,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def find_data_root(explicit: str | None = None) -> Path:
-    """The data folder: explicit, $TRIPLETFACE_DATA, or ../shared/data next to the working directory/repo."""
-    candidates = []
+def find_data(explicit: str | None = None, download_to: Path | None = None) -> tuple[Path, Path]:
+    """(images dir, pairs file): from ``explicit``, ``$TRIPLETFACE_DATA`` or ``../shared/data``
+    (``lfw-dev/`` + ``lfw-dev-pairs.txt``, or a full ``lfw/`` + ``pairs.txt``), else downloaded."""
     if explicit:
-        candidates.append(Path(explicit))
-    if os.environ.get("TRIPLETFACE_DATA"):
-        candidates.append(Path(os.environ["TRIPLETFACE_DATA"]))
-    candidates += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
+        candidates = [Path(explicit)]
+    else:
+        candidates = [Path(os.environ["TRIPLETFACE_DATA"])] if os.environ.get("TRIPLETFACE_DATA") else []
+        candidates += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
     for c in candidates:
-        if (c / "lfw-dev").is_dir():
-            return c
-        if c.is_dir() and c.name == "lfw-dev":
-            return c.parent
-    raise InputError("no LFW data found: pass --data DIR or set TRIPLETFACE_DATA to a folder holding lfw-dev/ "
-                     f"(looked in: {', '.join(str(c) for c in candidates)})")
+        for images, pairs in (("lfw-dev", "lfw-dev-pairs.txt"), ("lfw", "pairs.txt")):
+            if (c / images).is_dir() and (c / pairs).is_file():
+                return c / images, c / pairs
+    if explicit:
+        raise InputError(f"{explicit}: no lfw-dev/ + lfw-dev-pairs.txt (or lfw/ + pairs.txt) there")
+    from tripletface.download import fetch_lfw
+
+    root = download_to or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tripletface"
+    print(f"no local LFW found (looked in: {', '.join(str(c) for c in candidates)}); downloading to {root}",
+          file=sys.stderr)
+    return fetch_lfw(root)
 
 
 def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Path) -> tuple[int, int]:
@@ -75,12 +80,11 @@ def _step(title: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from tripletface.cli import main as cli
 
-    root = find_data_root(args.data)
-    lfw, pairs_file = root / "lfw-dev", root / "lfw-dev-pairs.txt"
+    lfw, pairs_file = find_data(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cropped = out / "cropped"
-    summary: dict = {"data": str(root)}
+    summary: dict = {"data": str(lfw), "pairs": str(pairs_file)}
     t0 = _step(f"crop {lfw} -> {cropped}")
     rc = cli(["crop", str(lfw), str(cropped)])
     if rc != 0:

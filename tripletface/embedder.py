@@ -218,6 +218,9 @@ class Embedder:
                 raise ModelError(f"{self.name}: model stores no alignment settings, so raw photos cannot be "
                                  "aligned as in training; pass aligned crops with --aligned")
             known = {k: settings[k] for k in SETTINGS_KEYS if k in settings}
+            if not known:
+                raise ModelError(f"{self.name}: alignment settings name none of {', '.join(SETTINGS_KEYS)}; "
+                                 "raw photos cannot be aligned as in training; pass aligned crops with --aligned")
             try:
                 self._cropper = FaceCropper.from_settings(known)
             except ValueError as e:
@@ -297,7 +300,9 @@ class Embedder:
         ``aligned=True``: crops used as they are (resized to the model's input if needed).
         Rows of files that failed (missing, unreadable, no face) are NaN and each is listed in
         ``failures`` in input order: nothing is dropped. Work goes in chunks of ``batch_size``
-        files, so memory stays flat for any number of files.
+        files, so memory stays flat for any number of files. With ``aligned=True`` the next
+        chunk's files are read in a background thread while the model embeds the current one
+        (decoding releases the GIL), so reading costs little besides the forward pass.
         """
         paths = [str(p) for p in paths]
         out = np.full((len(paths), self.dim), np.nan, np.float32)
@@ -308,10 +313,22 @@ class Embedder:
 
             bar = tqdm(total=len(paths), desc="align+embed" if not aligned else "embed", unit="img",
                        file=sys.stderr)
+        starts = range(0, len(paths), self.batch_size)
+        pool = None
+        if aligned and len(starts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripletface-read")
         try:
-            for start in range(0, len(paths), self.batch_size):
+            pending = pool.submit(self._read_aligned, paths[:self.batch_size]) if pool else None
+            for start in starts:
                 chunk = paths[start:start + self.batch_size]
-                images, failed = self._read_aligned(chunk) if aligned else self._detect_and_align(chunk)
+                if pool is not None:
+                    images, failed = pending.result()
+                    nxt = paths[start + self.batch_size:start + 2 * self.batch_size]
+                    pending = pool.submit(self._read_aligned, nxt) if nxt else None
+                else:
+                    images, failed = self._read_aligned(chunk) if aligned else self._detect_and_align(chunk)
                 failures.extend(failed)
                 if images:
                     idx = np.array([start + i for i, _ in images])
@@ -323,6 +340,8 @@ class Embedder:
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
         return out, failures

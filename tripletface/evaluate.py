@@ -75,6 +75,16 @@ def pair_files(data_dir, pairs) -> list[tuple[Path, Path]]:
     return [(find(p.name_a, p.idx_a), find(p.name_b, p.idx_b)) for p in pairs]
 
 
+def stratified_folds(same: np.ndarray, k: int) -> np.ndarray:
+    """Fold ids that deal matched and mismatched pairs round-robin into k folds, in file order, so that
+    every fold mixes both kinds like LFW's (a file lists its matched pairs first: contiguous folds would not)."""
+    ids = np.empty(len(same), np.int64)
+    for kind in (True, False):
+        rows = np.flatnonzero(same == kind)
+        ids[rows] = np.arange(len(rows)) % k
+    return ids
+
+
 def evaluate_pairs(embedder, data_dir, pairs_file, aligned: bool = False, folds: int | None = None,
                    far_targets=(1e-3, 1e-2), progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray, list]:
     """Verification metrics of ``embedder`` on an LFW pairs file.
@@ -98,14 +108,14 @@ def evaluate_pairs(embedder, data_dir, pairs_file, aligned: bool = False, folds:
     if folds is not None:
         if folds < 2 or folds > len(pairs):
             raise InputError(f"--folds must be in [2, {len(pairs)}] (the number of pairs), received: {folds}")
-        kw, folds_from = {"folds": folds, "fold_ids": None}, f"{folds} contiguous folds (--folds)"
+        kw, folds_from = {"folds": None, "fold_ids": stratified_folds(same, folds)}, f"{folds} folds (--folds)"
     elif len(np.unique(fold_ids)) >= 2:
         kw, folds_from = {"folds": None, "fold_ids": fold_ids}, "the pairs file"
     else:
         k = min(10, len(pairs))
         if k < 2:
             raise InputError(f"{pairs_file}: k-fold accuracy needs at least 2 pairs")
-        kw, folds_from = {"folds": k, "fold_ids": None}, f"{k} contiguous folds (the pairs file has one)"
+        kw, folds_from = {"folds": None, "fold_ids": stratified_folds(same, k)}, f"{k} folds (the pairs file has one)"
     if same.all() or not same.any():
         raise InputError(f"{pairs_file}: needs matched and mismatched pairs, found {int(same.sum())} matched "
                          f"and {int((~same).sum())} mismatched")

@@ -24,6 +24,7 @@ model's threshold, else ``unknown``.
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import hashlib
 import json
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletface.errors import InputError, ModelError
+from tripletface.errors import InputError, ModelError, TripletfaceError
 
 __all__ = ["FORMAT", "INDEXES", "Gallery", "gallery_path", "load_gallery", "save_gallery", "locked",
            "check_model", "nearest_identities", "enroll", "identify", "add_arguments_for", "run_for"]
@@ -173,6 +174,11 @@ def save_gallery(g: Gallery, path) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise TripletfaceError(f"{path}: no space left on device while saving the gallery; the gallery file is "
+                               "unchanged: free some space and enroll again") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -17,6 +17,8 @@ alpha (RGBA, LA, P+tRNS)  composited on white
 larger than max_pixels    refused from the header, before any pixel is decoded
 truncated file            error (never silently grey-filled)
 zero-byte / not an image  error
+corrupt header            error (whatever exception the format plugin raises)
+FIFO / device             error, never opened (a read would block or never end)
 ========================  =====================================================
 
 Errors are :class:`tripletface.errors.ImageError` with the message ``"<path>: <reason>"``
@@ -34,6 +36,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,10 @@ IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp", "webp", "pgm", "ppm",
 
 # The values ImageError.status takes here.
 STATUSES = ("missing", "unreadable", "too_large", "truncated", "not_an_image")
+
+# What Pillow's format plugins raise on malformed data besides OSError (found by fuzz/fuzz_images.py).
+_DECODER_ERRORS = (ValueError, SyntaxError, IndexError, TypeError, EOFError, KeyError, struct.error,
+                   ZeroDivisionError, OverflowError)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -90,6 +98,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
         raise _error(path, "unreadable", _os_reason(e)) from None
     if os.path.isdir(path):
         raise _error(path, "unreadable", "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever; a device never ends
+        raise _error(path, "unreadable", "not a regular file (FIFO, socket or device)")
     if st.st_size == 0:
         raise _error(path, "unreadable", "empty file (0 bytes)")
 
@@ -104,6 +114,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
                              " (possible decompression bomb); not decoded") from None
             except UnidentifiedImageError:
                 raise _error(path, "not_an_image", "not an image (unrecognised file format)") from None
+            except _DECODER_ERRORS as e:  # Pillow's plugins raise these on a corrupt header
+                raise _error(path, "unreadable", f"corrupt image header ({_first_line(e)})") from None
             with img:
                 width, height = img.size
                 if width <= 0 or height <= 0:
@@ -119,7 +131,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
                     if "truncated" in msg or "broken data stream" in msg:
                         raise _error(path, "truncated", f"truncated or corrupt image data ({msg})") from None
                     raise _error(path, "unreadable", f"cannot decode {img.format or 'image'} data ({msg})") from None
-                except (ValueError, SyntaxError, IndexError, TypeError, EOFError) as e:
+                except _DECODER_ERRORS as e:
                     raise _error(path, "unreadable",
                                  f"cannot decode {img.format or 'image'} data ({_first_line(e)})") from None
                 try:
@@ -131,6 +143,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
         raise
     except OSError as e:
         raise _error(path, "unreadable", _os_reason(e)) from None
+    except MemoryError:
+        raise _error(path, "too_large", "not enough memory to decode it") from None
+    except Exception as e:  # noqa: BLE001 - a decoder bug on one hostile file: that file is unusable, not the run
+        raise _error(path, "unreadable", f"cannot decode ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def to_rgb_uint8(img) -> np.ndarray:

@@ -1,0 +1,117 @@
+"""The benchmark helpers (benchmarks/): parsing, data sizing, memory probes and the summary rows.
+
+No timing is asserted here (timings belong to the benchmarks, never to tests); these check
+that the pieces the benchmarks are built from compute what they claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import bench_scale  # noqa: E402
+import bench_train  # noqa: E402
+import common  # noqa: E402
+import run_all  # noqa: E402
+
+from tripletface.dataset import FaceIndex  # noqa: E402
+
+
+def test_parse_config():
+    assert bench_train.parse_config("resnet50@224") == ("resnet50", 224)
+    with pytest.raises(argparse.ArgumentTypeError, match="BACKBONE@SIZE"):
+        bench_train.parse_config("resnet50")
+
+
+def test_train_config_sets_the_benchmarked_shape():
+    cfg = bench_train.train_config("mobilenet", 96, 24, 4, augment="none")
+    assert cfg.model.image_size == (96, 96) and cfg.data.p * cfg.data.k == 24
+    assert not (cfg.augment.flip or cfg.augment.rotation or cfg.augment.brightness)
+    strong = bench_train.train_config("mobilenet", 96, 24, 4, augment="strong")
+    assert strong.augment.cutout > 0 and strong.augment.motion_blur > 0
+
+
+def _index(counts):
+    paths, labels = [], []
+    for label, c in enumerate(counts):
+        paths += [f"/d/id{label}/{j}.png" for j in range(c)]
+        labels += [label] * c
+    return FaceIndex(tuple(paths), np.array(labels), tuple(f"id{i}" for i in range(len(counts))))
+
+
+def test_sized_index_subsets_and_repeats():
+    index = _index([3, 2, 1, 4])  # 10 images
+    small = bench_scale.sized_index(index, 5)
+    assert len(small) == 5 and small.num_identities == 2  # whole identities: 3 + 2
+    big = bench_scale.sized_index(index, 25)
+    assert len(big) == 25
+    assert big.num_identities == 12  # three copies of the 4 identities, under new names
+    assert len(set(big.names)) == big.num_identities
+    # a repeated image keeps its file but belongs to the copy's identity
+    assert big.paths[10] == index.paths[0] and big.names[big.labels[10]] == "id0~1"
+
+
+def test_load_index_limit_keeps_whole_identities(tmp_path):
+    for name, n in (("a", 2), ("b", 3), ("c", 2)):
+        (tmp_path / name).mkdir()
+        for j in range(n):
+            (tmp_path / name / f"{j}.png").write_bytes(b"x")
+    assert len(bench_train.load_index(tmp_path)) == 7
+    assert len(bench_train.load_index(tmp_path, limit=4)) == 5  # a (2) + b (3)
+
+
+def test_synthetic_gallery_rows_are_unit_and_grouped():
+    g = bench_scale.synthetic_gallery(95, dim=16, per_identity=10)
+    assert g.embeddings.shape == (95, 16) and g.embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(g.embeddings, axis=1), 1.0, atol=1e-5)
+    assert len(set(g.names.tolist())) == 10 and len(set(g.keys.tolist())) == 95
+
+
+def test_memory_probes(tmp_path):
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc on this platform")
+    rss = common.rss_mib()
+    assert rss > 1 and common.peak_rss_mib() >= rss
+    block = np.ones(64 << 20, np.uint8)  # 64 MiB touched
+    assert common.peak_rss_mib() >= rss + 60
+    del block
+    if common.reset_peak():
+        assert common.peak_rss_mib() < rss + 60
+
+
+def test_print_table_aligns_columns(capsys):
+    common.print_table(["a", "long header"], [[1, "x"], ["wide cell", 2.5]])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1
+    assert lines[0].startswith("| a ") and lines[1].startswith("|---")
+
+
+def test_build_rows_judges_each_target():
+    sections = {
+        "train": {"data": {"train_step": [
+            {"config": "mobilenet@112", "batch": 16, "real_img_s": 90.0, "bare_img_s": 100.0, "ratio": 0.9,
+             "cpu_ratio": 0.85, "peak_rss_mib": {"real": 1200.0, "bare": 900.0}, "cache_mib": 250.0},
+            {"config": "resnet50@224", "batch": 16, "real_img_s": 3.3, "bare_img_s": 3.0, "ratio": 1.1,
+             "cpu_ratio": 0.9, "peak_rss_mib": {"real": 5000.0, "bare": 3000.0}, "cache_mib": 990.0},
+            {"config": "resnet50@112", "batch": 16, "real_img_s": 10.0, "bare_img_s": 10.0, "ratio": 1.0,
+             "cpu_ratio": 0.97, "peak_rss_mib": {"real": 2000.0, "bare": 1500.0}, "cache_mib": 250.0}]}},
+        "cold": {"data": {"cold_start": [
+            {"model": "/t/m.keras", "median_s": {"real": 5.0, "floor": 4.0, "import_tf": 3.0}, "ratio": 1.25,
+             "cpu_ratio": 1.2, "peak_rss_mib": {"real": 700.0}}]}},
+        "crop": {"error": "exited 2"},
+    }
+    rows = {r["stage"].split(" (")[0]: r for r in run_all.build_rows(sections)}
+    assert rows["train step mobilenet@112 b16"]["status"] == "MISSED"  # 0.90 < 0.95
+    assert rows["train step resnet50@224 b16"]["status"] == "MISSED"  # wall 1.1 but CPU time 0.90
+    assert rows["train step resnet50@112 b16"]["status"] == "met"
+    assert rows["train step resnet50@112 b16"]["target"] == ">= 0.95"
+    assert rows["cold start compare m"]["status"] == "met"  # 1.25 <= 1.3
+    assert rows["crop"]["status"] == "-" and rows["crop"]["note"] == "exited 2"
