@@ -7,8 +7,10 @@
   fresh process; ``import tensorflow`` alone is timed as well.
 
 Runs alternate real/floor/floor/real...; the ratio is the median over rounds of real/floor
-wall time; the children's CPU seconds (user + system, less disturbed by other processes'
-load than wall time) give ``cpu_ratio``; peak memory is each child's ``ru_maxrss``.
+wall time; the children's CPU seconds (user + system, less disturbed by other processes' load
+than wall time) give ``cpu_ratio``; peak memory is each child's ``ru_maxrss``. This process
+never imports TensorFlow (the models are made in a child), so that peak is the child's own
+(``ru_maxrss`` also counts the ~20 MiB of the launching process).
 Target (issue 6): real <= 1.3x the floor.
 
     python benchmarks/bench_coldstart.py                       # mobilenet@112 and resnet50@112
@@ -53,6 +55,19 @@ def run_child_rusage(cmd: list[str], env: dict) -> tuple[float, float, int, str,
         err.seek(0)
         tail = (err.read().decode(errors="replace").strip().splitlines() or [""])[-1]
     return wall, usage.ru_maxrss / 1024.0, proc.returncode, tail, usage.ru_utime + usage.ru_stime
+
+
+def make_models(configs: list[str], folder: Path) -> list[Path]:
+    """Save untrained models with a threshold, in a child process: this process never loads TensorFlow,
+    so the children it starts do not inherit a large resident set (``ru_maxrss`` of a child counts
+    the memory of the parent it was forked from)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench_embed, bench_train; from pathlib import Path; "
+            "[print(bench_embed.save_model(*bench_train.parse_config(c), Path(sys.argv[2]))) for c in sys.argv[3:]]")
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(folder), *configs],
+                         env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return [Path(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 def measure(model: Path, a: Path, b: Path, repeat: int = 3, log=print) -> dict:
@@ -113,13 +128,7 @@ def main(argv=None) -> int:
         if args.model:
             models = [args.model]
         else:
-            from tripletface.cli import import_tensorflow_quietly
-
-            import_tensorflow_quietly()
-            import bench_train
-
-            models = [bench_embed.save_model(*bench_train.parse_config(c), Path(tmp))
-                      for c in args.models.split(",") if c.strip()]
+            models = make_models([c for c in args.models.split(",") if c.strip()], Path(tmp))
         for m in models:
             results.append(measure(m, a, b, args.repeat, log=lambda s: print(s, file=sys.stderr)))
     rows = [[Path(r["model"]).stem, common.fmt(r["median_s"]["import_tf"], ".2f"),

@@ -12,7 +12,7 @@ the same in process CPU seconds (less disturbed by other processes on a shared m
 real/bare >= 0.90 at batch 64.
 
     python benchmarks/bench_embed.py                       # mobilenet@112, 512 crops, batch 64
-    python benchmarks/bench_embed.py --backbone resnet50 --images 256 --json embed.json
+    python benchmarks/bench_embed.py --backbones mobilenet,resnet50 --images 256 --json embed.json
 """
 
 from __future__ import annotations
@@ -119,10 +119,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=Path, default=None, help="aligned crops (default: see bench_train.py)")
     parser.add_argument("--images", type=int, default=512, help="crops to embed per block (default 512)")
-    parser.add_argument("--backbone", default="mobilenet")
+    parser.add_argument("--backbones", default="mobilenet", help="comma-separated backbones (default: %(default)s)")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=4, help="real/bare block pairs (default 2)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of a real and a bare block (default 4)")
     parser.add_argument("--flip-tta", action="store_true", help="also embed the mirror images (both sides)")
     parser.add_argument("--model", type=Path, default=None, help="a .keras model (default: an untrained one)")
     parser.add_argument("--json", type=Path, default=None)
@@ -136,16 +136,18 @@ def main(argv=None) -> int:
     from tripletface.cli import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    results = []
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
-        path = args.model or save_model(args.backbone, args.size, Path(tmp))
-        results = [measure(path, files, args.batch, flip_tta=False, rounds=args.rounds,
-                           log=lambda s: print(s, file=sys.stderr))]
-        if args.flip_tta:
-            results.append(measure(path, files, args.batch, flip_tta=True, rounds=args.rounds,
-                                   log=lambda s: print(s, file=sys.stderr)))
+        models = [args.model] if args.model else [save_model(b.strip(), args.size, Path(tmp))
+                                                  for b in args.backbones.split(",") if b.strip()]
+        for path in models:
+            results.append(measure(path, files, args.batch, flip_tta=False, rounds=args.rounds, log=log))
+            if args.flip_tta:
+                results.append(measure(path, files, args.batch, flip_tta=True, rounds=args.rounds, log=log))
     rows = [[f"{r['backbone']}@{r['image_size'][0]}", r["batch"], r["flip_tta"], common.fmt(r["bare_img_s"]),
              common.fmt(r["real_img_s"]), common.fmt(r["ratio"], ".3f"), common.fmt(r["cpu_ratio"], ".3f"),
-             "met" if r["ratio"] >= TARGET else "MISSED",
+             "met" if min(r["ratio"], r["cpu_ratio"]) >= TARGET else "MISSED",
              common.fmt(r["peak_rss_mib"]["bare"], ".0f"), common.fmt(r["peak_rss_mib"]["real"], ".0f")]
             for r in results]
     common.print_table(["model", "batch", "flip_tta", "bare img/s", "embed_files img/s", "ratio", "CPU ratio",

@@ -15,8 +15,8 @@ cold start     tripletface compare A B --aligned            import tensorflow + 
 scale          epoch time / identify latency vs size        bare step / bare mat-vec             (a table)
 =============  ===========================================  ===================================  ===========
 
-    python benchmarks/run_all.py                      # everything (about 40 min on 2 busy cores)
-    python benchmarks/run_all.py --quick              # smaller runs (about 15 min)
+    python benchmarks/run_all.py                      # everything (about 15 min on this 2-core machine)
+    python benchmarks/run_all.py --quick              # smaller runs (about 10 min)
     python benchmarks/run_all.py --only train,embed --json results.json
 
 Ratios are "real / ceiling" for speeds (higher is better) and "real / floor" for the cold
@@ -56,7 +56,8 @@ def section_commands(quick: bool, crops: Path | None) -> dict[str, list[str]]:
         }
     return {
         "train": ["bench_train.py", "--steps", "4", "--rounds", "3", "--batch", "16"] + c,
-        "embed": ["bench_embed.py", "--images", "512", "--rounds", "6", "--flip-tta"] + c,
+        "embed": ["bench_embed.py", "--images", "512", "--rounds", "6", "--flip-tta",
+                  "--backbones", "mobilenet,resnet50"] + c,
         "bf16": ["bench_bf16.py", "--configs", "resnet50@112,mobilenet@112", "--steps", "3", "--rounds", "3",
                  "--acc-epochs", "5", "--acc-steps", "60", "--acc-seeds", "1,2"] + c,
         "crop": ["bench_crop.py", "--limit", "1000", "--baseline-limit", "100"],
@@ -163,7 +164,8 @@ def build_rows(sections: dict) -> list[dict]:
     if d:
         for r in d.get("scale_training", []):
             add(f"scale train step, {r['images']} images (real/bare)", r["real_img_s"],
-                r["real_img_s"] * r["ratio"] if r.get("ratio") else None, r["ratio"], None, None,
+                r["real_img_s"] * r["step_s"] / r["bare_step_s"] if r.get("bare_step_s") else None, r["ratio"],
+                None, None,
                 r["peak_rss_mib"], "img/s",
                 f"set-up {r['setup_s']:.1f}s, one pass {r['pass_s']:.0f}s, cache {r['cache_mib']:.0f} MiB")
         for r in d.get("scale_identify", []):
@@ -176,8 +178,8 @@ def build_rows(sections: dict) -> list[dict]:
 def print_rows(rows: list[dict], file=None) -> None:
     common.print_table(
         ["stage", "real", "ceiling", "ratio", "CPU ratio", "target", "status", "peak MiB", "unit", "note"],
-        [[r["stage"], common.fmt(r["real"], ".2f"), common.fmt(r["ceiling"], ".2f"), common.fmt(r["ratio"], ".2f"),
-          common.fmt(r["cpu_ratio"], ".2f"), r["target"], r["status"], common.fmt(r["peak_mib"], ".0f"), r["unit"],
+        [[r["stage"], common.fmt(r["real"], ".2f"), common.fmt(r["ceiling"], ".2f"), common.fmt(r["ratio"], ".3f"),
+          common.fmt(r["cpu_ratio"], ".3f"), r["target"], r["status"], common.fmt(r["peak_mib"], ".0f"), r["unit"],
           r["note"]] for r in rows],
         file=file)
 
