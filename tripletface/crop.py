@@ -252,15 +252,9 @@ def _event_row(source: str, identity: str, status: str, reason: str) -> dict:
 
 
 def _os_reason(e: OSError) -> str:
-    import errno
+    from tripletface.imageio import os_reason
 
-    if e.errno == errno.ELOOP:
-        return "symlink loop (too many levels of symbolic links)"
-    if e.errno == errno.ENOENT:
-        return "broken symlink (target does not exist)"
-    if e.errno == errno.EACCES:
-        return "permission denied"
-    return e.strerror or str(e)
+    return os_reason(e, missing="broken symlink (target does not exist)")
 
 
 # ----------------------------------------------------------------------------- split and names

@@ -95,7 +95,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
             raise _error(path, "missing", "broken symlink (target does not exist)") from None
         raise _error(path, "missing", "file not found") from None
     except OSError as e:
-        raise _error(path, "unreadable", _os_reason(e)) from None
+        raise _error(path, "unreadable", os_reason(e)) from None
     if os.path.isdir(path):
         raise _error(path, "unreadable", "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever; a device never ends
@@ -142,7 +142,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
     except ImageError:
         raise
     except OSError as e:
-        raise _error(path, "unreadable", _os_reason(e)) from None
+        raise _error(path, "unreadable", os_reason(e)) from None
     except MemoryError:
         raise _error(path, "too_large", "not enough memory to decode it") from None
     except Exception as e:  # noqa: BLE001 - a decoder bug on one hostile file: that file is unusable, not the run
@@ -191,7 +191,9 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _os_reason(e: OSError) -> str:
+def os_reason(e: OSError, missing: str = "file not found") -> str:
+    """A short reason for an OSError met while reading an input; ``missing`` words ENOENT
+    (a file found by listing a folder and then missing is a broken symlink)."""
     if e.errno == errno.ELOOP:
         return "symlink loop (too many levels of symbolic links)"
     if e.errno == errno.EACCES:
@@ -199,5 +201,5 @@ def _os_reason(e: OSError) -> str:
     if e.errno == errno.EISDIR:
         return "is a directory, not an image file"
     if e.errno == errno.ENOENT:
-        return "file not found"
+        return missing
     return e.strerror or _first_line(e)
