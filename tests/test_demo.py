@@ -43,7 +43,7 @@ def mini_lfw(lfw_dir, tmp_path_factory):
 def test_demo_runs_the_whole_pipeline(mini_lfw, tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "tripletface", "demo", "--data", str(mini_lfw), "--out", str(out),
-                        "--set", "train.epochs=2", "train.steps_per_epoch=10", "data.val_fraction=0.15"],
+                        "--set", "train.epochs=2", "train.steps_per_epoch=10", "data.batch_size=32", "data.val_fraction=0.15"],
                        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout[r.stdout.rindex("{\n  \"data\""):])

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tripletface.errors import InputError
 
-DEMO_DEFAULTS = ["train.epochs=3", "train.steps_per_epoch=40"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     train_args = ["train", "--preset", args.preset or "demo"]
     if args.config:
         train_args += ["--config", args.config]
-    train_args += ["--set", *DEMO_DEFAULTS, f"TRAIN_DIR={cropped}", f"CHECKPOINT_DIR={ckpt}",
+    train_args += ["--set", f"TRAIN_DIR={cropped}", f"CHECKPOINT_DIR={ckpt}",
                    f"TENSORBOARD_LOGDIR={out / 'logs'}", f"data.exclude_identities={holdout}", *args.overrides]
     rc = cli(train_args)
     if rc != 0:
