@@ -92,7 +92,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tripletface.embedder import Embedder, Failure
+    from tripletface.embedder import Embedder, Failure, print_failures
 
     if args.batch_size <= 0:
         raise InputError(f"--batch-size must be > 0, received: {args.batch_size}")
@@ -123,10 +123,7 @@ def run(args: argparse.Namespace) -> int:
     _write_text_atomic(side, "".join(lines))
     print(f"embedded {len(arrays)} of {len(files)} images ({embedder.dim}-d) -> {out}; "
           f"{len(failures)} failed -> {side}", file=sys.stderr)
-    for f in failures[:10]:
-        print(f"  {f.message}", file=sys.stderr)
-    if len(failures) > 10:
-        print(f"  ... and {len(failures) - 10} more (see {side})", file=sys.stderr)
+    print_failures(failures, more=f" (see {side})")
     if not arrays:
         raise InputError(f"{root}: none of the {len(files)} images could be embedded; reasons in {side}")
     return 0

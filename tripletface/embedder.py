@@ -107,6 +107,14 @@ def resize_images(images: np.ndarray, size) -> np.ndarray:
     return np.round(np.clip(out, 0.0, 255.0)).astype(np.float32)
 
 
+def print_failures(failures, prefix: str = "", more: str = "", limit: int = 10) -> None:
+    """List the first ``limit`` failures on stderr, then how many more there were."""
+    for f in failures[:limit]:
+        print(f"  {prefix}{f.message}", file=sys.stderr)
+    if len(failures) > limit:
+        print(f"  ... and {len(failures) - limit} more{more}", file=sys.stderr)
+
+
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distance between L2-normalised embeddings (the one metric tripletface stores).
 

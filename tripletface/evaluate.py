@@ -216,7 +216,7 @@ def _write_failures(path: Path, failures) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tripletface.config import EvalConfig
-    from tripletface.embedder import Embedder
+    from tripletface.embedder import Embedder, print_failures
     from tripletface.report import to_jsonable, write_report
 
     data_dir = Path(args.data_dir)
@@ -267,8 +267,5 @@ def run(args: argparse.Namespace) -> int:
         tar = ", ".join(f"TAR@FAR={float(k):g} {v[0]:.4f}" for k, v in out["tar_at_far"].items())
         print(f"accuracy {out['accuracy_mean']:.4f} ± {out['accuracy_std']:.4f}  AUC {out['auc']:.4f}  "
               f"EER {out['eer']:.4f}  {tar}  unscored pairs {out['unscored_pairs']}", file=sys.stderr)
-    for f in failures[:10]:
-        print(f"  not embedded: {f.message}", file=sys.stderr)
-    if len(failures) > 10:
-        print(f"  ... and {len(failures) - 10} more images not embedded", file=sys.stderr)
+    print_failures(failures, prefix="not embedded: ", more=" images not embedded")
     return 0
