@@ -101,3 +101,27 @@ def test_align_face_checks_arguments():
         estimate_transform(np.full((5, 2), np.nan), 112)
     grey = align_face(np.zeros((50, 50), np.uint8), template(112), 112)
     assert grey.shape == (112, 112, 3)
+
+
+def test_box_crop_maps_the_box_square_onto_the_crop():
+    """The unaligned crop (crop.template=box): the box's square, same centre, scaled, no rotation."""
+    from tripletface.align import box_crop
+
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[50:150, 100:200] = 255  # a white 100x100 square
+    out = box_crop(img, [100, 50, 200, 150], size=50)
+    assert out.shape == (50, 50, 3) and out.dtype == np.uint8
+    assert out[2:-2, 2:-2].min() == 255  # the square fills the crop
+    # a tall 50x100 box is squared on its longer side, same centre: exactly the white square again
+    tall = box_crop(img, [125, 50, 175, 150], size=50)
+    assert tall[2:-2, 2:-2].min() == 255
+    wide = box_crop(img, [50, 75, 250, 125], size=40)  # 200 px wide: the 100 px square spans the middle half
+    assert wide[20, 20, 0] == 255 and wide[20, 2, 0] == 0 and wide[20, 37, 0] == 0
+    # a box far larger than the crop is shrunk with area averaging (a fine checkerboard turns grey)
+    board = (np.indices((400, 400)).sum(0) % 2 * 255).astype(np.uint8)
+    grey = box_crop(np.dstack([board] * 3), [0, 0, 400, 400], size=20)
+    assert abs(float(grey[5:15, 5:15].mean()) - 127.5) < 10
+    with pytest.raises(ValueError, match="box must be finite"):
+        box_crop(img, [10, 10, 5, 20])
+    with pytest.raises(ValueError, match="box must be finite"):
+        box_crop(img, [0, 0, np.nan, 20])

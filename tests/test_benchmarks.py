@@ -115,3 +115,29 @@ def test_build_rows_judges_each_target():
     assert rows["train step resnet50@112 b16"]["target"] == ">= 0.95"
     assert rows["cold start compare m"]["status"] == "met"  # 1.25 <= 1.3
     assert rows["crop"]["status"] == "-" and rows["crop"]["note"] == "exited 2"
+
+
+def test_ablation_rows_change_one_thing_from_the_original_design(tmp_path):
+    import ablation
+
+    def keys(row):
+        return dict(c.split("=", 1) for c in row)
+
+    original = keys(ablation.ORIGINAL)
+    assert original["model.backbone"] == "resnet50" and original["loss.name"] == "triplet"
+    assert original["data.sampling"] == "triplets" and original["augment.rotation"] == "10"
+    changed = {name: {k: v for k, v in keys(row).items() if original.get(k) != v}
+               for name, row in ablation.ROWS.items()}
+    assert changed["original"] == changed["no_alignment"] == {}  # no_alignment changes the crops, not the config
+    assert changed["efficientnet"] == {"model.backbone": "efficientnet"}
+    assert changed["quality_filter"].keys() == {"data.min_blur", "data.max_pose"}
+    assert changed["hard"] == {"data.sampling": "pk", "data.batch_size": "128", "loss.name": "batch_hard"}
+    assert all(len(row) == len(keys(row)) for row in ablation.ROWS.values())  # no key given twice
+
+    args = argparse.Namespace(crops="aligned", box_crops="", out=str(tmp_path), fold=1, epochs=3, steps=100)
+    train, evaluate, out = ablation.commands("no_alignment", argparse.Namespace(**{**vars(args), "box_crops": "box"}))
+    assert "TRAIN_DIR=box" in train and evaluate[evaluate.index("--data-dir") + 1] == "box"
+    train, _, _ = ablation.commands("semi_hard", args)
+    assert "TRAIN_DIR=aligned" in train and "train.epochs=3" in train and "loss.name=semi_hard" in train
+    with pytest.raises(SystemExit, match="--box-crops"):
+        ablation.commands("no_alignment", args)

@@ -54,6 +54,9 @@ def test_yaml_file_with_sections_original_keys_and_preset(tmp_path):
     (["model.backbone=vgg"], "model.backbone"),
     (["LEARNING_RATE=-1"], "train.learning_rate"),
     (["novalue"], "novalue"),
+    (["crop.template=affine"], "crop.template"),
+    (["data.min_blur=-1"], "data.min_blur"),
+    (["data.max_pose=-0.1"], "data.max_pose"),
 ])
 def test_bad_key_or_value_is_a_one_line_error_naming_it(override, words):
     with pytest.raises(ConfigError) as e:

@@ -319,6 +319,25 @@ def test_sigkill_then_resume_finishes_exactly_once(lfw_dir, tmp_path, repo_root)
         assert Image.open(out / rel).size == (112, 112)
 
 
+def test_cli_template_box_writes_unaligned_crops(lfw_dir, tmp_path, repo_root):
+    """`crop --template box`: the alignment-off crops the ablation trains on, recorded as such."""
+    sample_dataset(lfw_dir, tmp_path / "in", per_id=1)
+    outs = {}
+    for template in ("box", "arcface"):
+        res = subprocess.run([sys.executable, "-m", "tripletface", "crop", str(tmp_path / "in"),
+                              str(tmp_path / template), "--template", template, "--limit", "2", "--no-progress"],
+                             cwd=repo_root, env=env_with_repo(repo_root), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        settings = json.loads((tmp_path / template / "crop_settings.json").read_text())
+        assert settings["alignment"]["template"] == template
+        rows = read_manifest(tmp_path / template / MANIFEST)
+        assert [r["status"] for r in rows] == ["ok", "ok"]
+        outs[template] = [np.asarray(Image.open(tmp_path / template / r["output"])) for r in rows]
+    for box, aligned in zip(outs["box"], outs["arcface"]):
+        assert box.shape == aligned.shape == (112, 112, 3)
+        assert np.abs(box.astype(int) - aligned.astype(int)).mean() > 5  # a different framing
+
+
 def test_missing_input_dir_is_one_line_error(tmp_path, repo_root):
     res = subprocess.run([sys.executable, "-m", "tripletface", "crop", str(tmp_path / "nope"), str(tmp_path / "o")],
                          cwd=repo_root, env=env_with_repo(repo_root), capture_output=True, text=True, timeout=120)
@@ -445,3 +464,35 @@ def test_cropper_statuses_with_a_stub_detector(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"")
     res = cropper.process_files([tmp_path / "bad.jpg", tmp_path / "two.png", tmp_path / "missing.png"])
     assert [r.status for r in res] == ["unreadable", "ok", "missing"]
+
+
+def test_box_template_crops_the_detector_box_without_alignment():
+    """crop.template=box (the ablation's alignment-off row): the selected face's box, squared;
+    the setting travels in the cropper's settings so inference crops the same way."""
+    from tripletface.align import box_crop
+    from tripletface.config import load_config
+    from tripletface.detect import Detection, Detector
+    from tripletface.faces import FaceCropper, alignment_settings
+
+    class Tilted(Detector):
+        name = "stub"
+
+        def __init__(self):
+            super().__init__(min_face_size=20, detect_scale=0.5, min_score=0.9)
+
+        def detect_batch(self, images):
+            lm = np.array([[40, 50], [80, 60], [60, 75], [45, 95], [75, 100]], np.float64)  # a tilted face
+            return [[Detection(box=np.array([30.0, 30.0, 90.0, 120.0]), score=0.99, landmarks=lm)] for _ in images]
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    box = FaceCropper(detector=Tilted(), size=64, template="box")
+    aligned = FaceCropper(detector=Tilted(), size=64)
+    (b,), (a,) = box.process([image]), aligned.process([image])
+    assert b.status == "ok" and np.array_equal(b.aligned, box_crop(image, [30, 30, 90, 120], 64))
+    assert not np.array_equal(a.aligned, b.aligned)  # the aligned crop rotates the tilt away
+    assert box.settings["template"] == "box"
+    cfg = load_config(overrides=["crop.template=box"])
+    assert alignment_settings(cfg.crop)["template"] == "box"
+    with pytest.raises(ValueError, match="template must be one of"):
+        FaceCropper(detector=Tilted(), template="affine")

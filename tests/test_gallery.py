@@ -198,19 +198,31 @@ def test_add_replaces_by_key():
     assert g.names[-1] == "a_much_longer_name_than_before"  # not truncated to the old width
 
 
-def test_nearest_identities_exact_matches_brute_force():
+def _brute_force(g, q, top_k):
+    best = {}
+    for name, row in zip(g.names.tolist(), g.embeddings):
+        best[name] = min(best.get(name, np.inf), float(np.linalg.norm(row.astype(np.float64) - q)))
+    return sorted(best.items(), key=lambda t: t[1])[:top_k]
+
+
+@pytest.mark.parametrize("crowd", [0, 400])
+def test_nearest_identities_exact_matches_brute_force(crowd):
+    """Exact search against a plain loop; ``crowd`` rows of one person around the query fill the
+    first candidates, so the search must widen beyond them to find the other identities."""
     from tripletface.gallery import nearest_identities
 
     g, rng = _random_gallery()
     q = rng.normal(size=16).astype(np.float32)
-    got = nearest_identities(g, q, top_k=5)
-    d = np.linalg.norm(g.embeddings - q, axis=1)
-    best = {}
-    for name, x in zip(g.names.tolist(), d):
-        best[name] = min(best.get(name, np.inf), x)
-    want = sorted(best.items(), key=lambda t: t[1])[:5]
-    assert [n for n, _ in got] == [n for n, _ in want]
-    np.testing.assert_allclose([x for _, x in got], [x for _, x in want], rtol=1e-5)
+    q /= np.linalg.norm(q)
+    if crowd:
+        near = q + rng.normal(scale=0.01, size=(crowd, 16)).astype(np.float32)
+        g.add([f"crowd/{i}" for i in range(crowd)], ["crowd"] * crowd, near)
+    for top_k in (1, 5, 60):
+        got = nearest_identities(g, q, top_k=top_k)
+        want = _brute_force(g, q, top_k)
+        assert [n for n, _ in got] == [n for n, _ in want]
+        np.testing.assert_allclose([x for _, x in got], [x for _, x in want], rtol=1e-9)
+    g, rng = _random_gallery()
     with pytest.raises(ValueError, match="top_k"):
         nearest_identities(g, q, top_k=0)
 

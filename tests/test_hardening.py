@@ -429,6 +429,27 @@ def test_gallery_write_on_a_full_disk_keeps_the_gallery(tmp_path):
         assert r["added"] == 2 and load_gallery(gallery).identities == ["Ann", "Bob"]
 
 
+def test_embed_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path):
+    model = make_model(tmp_path / "m.keras")
+    faces = _aligned_people(tmp_path / "faces", ["Ann", "Bob"], per=40)
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        out = disk / "e.npz"
+        out.write_bytes(b"the previous run's output")
+        filler = fill(disk)
+        cmd = _cli("embed", faces, "--output", out, "--model", model, "--aligned")
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+        assert r.returncode == 7, r.stderr[-2000:]
+        assert error_lines(r.stderr) == [f"error: {out}: no space left on device while writing; {out} is unchanged "
+                                         "(no partial file): free some space and run the same command again"]
+        assert "Traceback" not in r.stderr
+        assert out.read_bytes() == b"the previous run's output"
+        assert sorted(p.name for p in disk.iterdir()) == ["e.npz", "filler.bin"]  # no temporary file left
+        filler.unlink()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert len(np.load(out).files) == 80
+
+
 def test_crop_on_a_full_disk_stops_cleanly_and_resumes(lfw_dir, tmp_path):
     from tripletface.config import load_config
     from tripletface.crop import MANIFEST, crop_dataset, read_manifest
@@ -476,7 +497,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_last_and_resumes(tmp_path):
         cmd = _cli(*SMOKE_TRAIN, f"CHECKPOINT_DIR={ckpt}", f"TENSORBOARD_LOGDIR={tmp_path / 'logs'}", "EPOCHS=3",
                    "STEPS_PER_EPOCH=3")
         r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
-        assert r.returncode == 6, r.stderr[-2000:]
+        assert r.returncode == 7, r.stderr[-2000:]
         assert error_lines(r.stderr) == [
             f"error: {ckpt}: no space left on device while saving; the last complete checkpoint "
             f"({ckpt / 'state' / 'ckpt-1'}) is kept: free some space and run the same command again to resume"]

@@ -113,7 +113,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 @pytest.mark.parametrize("case", ["empty", "single_identity", "p_too_large", "corrupt_image", "unknown_backbone",
-                                  "missing"])
+                                  "missing", "quality_without_manifest"])
 def test_bad_training_input_is_one_line_error_before_training(lfw_dir, tmp_path, capsys, case):
     train_dir = tmp_path / "train"
     extra = []
@@ -131,13 +131,17 @@ def test_bad_training_input_is_one_line_error_before_training(lfw_dir, tmp_path,
     elif case == "unknown_backbone":
         _tiny_train_dir(lfw_dir, train_dir, n_ids=6)
         extra = ["model.backbone=vgg99"]
+    elif case == "quality_without_manifest":  # raw photos: no crop manifest to score them
+        _tiny_train_dir(lfw_dir, train_dir, n_ids=6)
+        extra = ["data.min_blur=50"]
     rc, out, err = _run_cli(["train", *SMOKE, "--set", f"TRAIN_DIR={train_dir}",
                              f"CHECKPOINT_DIR={tmp_path / 'ckpt'}", *extra], capsys)
     assert rc != 0
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, err
     expect = {"empty": "train", "single_identity": "identit", "p_too_large": "P", "corrupt_image": "broken.jpg",
-              "unknown_backbone": "vgg99", "missing": "train"}[case]
+              "unknown_backbone": "vgg99", "missing": "train",
+              "quality_without_manifest": "manifest.jsonl"}[case]
     assert expect in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "ckpt" / "model.keras").exists()

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TEMPLATES", "DEFAULT_TEMPLATE", "template", "estimate_transform", "transform_points", "align_face"]
+__all__ = ["TEMPLATES", "DEFAULT_TEMPLATE", "BOX", "template", "estimate_transform", "transform_points", "align_face",
+           "box_crop"]
 
 # Landmark positions in a 112x112 crop (insightface arcface_torch ``arcface_dst``).
 TEMPLATES = {
@@ -42,6 +43,8 @@ TEMPLATES = {
     ),
 }
 DEFAULT_TEMPLATE = "arcface"
+# the crop "template" that does no alignment (box_crop): the ablation's alignment-off baseline
+BOX = "box"
 _TEMPLATE_SIZE = 112.0
 
 
@@ -124,8 +127,32 @@ def align_face(image: np.ndarray, landmarks, size: int = 112, name: str = DEFAUL
         name: template name.
         border: ``"replicate"`` (edge pixels extended) or ``"constant"`` (black) outside the image.
     """
-    import cv2
+    img = _check_image(image, border)
+    size = _check_size(size)
+    return _warp(img, estimate_transform(_check_landmarks(landmarks), size, name), size, border)
 
+
+def box_crop(image: np.ndarray, box, size: int = 112, border: str = "replicate") -> np.ndarray:
+    """The unaligned crop: the square around the detector's ``box`` (``x1, y1, x2, y2``; side =
+    its longer side, same centre), scaled to ``size``; no rotation, landmarks unused.
+
+    This is the "alignment off" baseline (``crop.template = "box"``): faces keep their
+    in-plane tilt and their landmarks move from crop to crop. Arguments as in :func:`align_face`.
+    """
+    img = _check_image(image, border)
+    size = _check_size(size)
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.shape != (4,) or not np.all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
+        raise ValueError(f"box must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, received: {b.tolist()}")
+    scale = size / max(b[2] - b[0], b[3] - b[1])
+    centre = (b[:2] + b[2:]) / 2.0
+    # pixel centres: the box centre lands on the crop centre ((size - 1) / 2)
+    m = np.array([[scale, 0.0, (size - 1) / 2.0 - scale * centre[0]],
+                  [0.0, scale, (size - 1) / 2.0 - scale * centre[1]]])
+    return _warp(img, m, size, border)
+
+
+def _check_image(image, border: str) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
@@ -135,23 +162,26 @@ def align_face(image: np.ndarray, landmarks, size: int = 112, name: str = DEFAUL
         raise ValueError(f"image must be uint8, received dtype: {img.dtype}")
     if border not in ("replicate", "constant"):
         raise ValueError(f"border must be 'replicate' or 'constant', received: {border!r}")
-    size = _check_size(size)
-    pts = _check_landmarks(landmarks)
-    m = estimate_transform(pts, size, name)
+    return img
+
+
+def _warp(img: np.ndarray, m: np.ndarray, size: int, border: str) -> np.ndarray:
+    """``cv2.warpAffine`` of ``img`` by the 2x3 similarity ``m`` into ``size x size``."""
+    import cv2
+
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale < 0.5:
         # A face much larger than the crop: shrink its region with area averaging first,
         # so the bilinear warp does not alias (skip pixels).
-        img, pts = _shrink_region(img, pts, m, size, 2.0 * scale)
-        m = estimate_transform(pts, size, name)
+        img, m = _shrink_region(img, m, size, 2.0 * scale)
     mode = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
-    out = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=mode, borderValue=(0, 0, 0))
-    return out
+    return cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=mode, borderValue=(0, 0, 0))
 
 
-def _shrink_region(img: np.ndarray, pts: np.ndarray, m: np.ndarray, size: int, factor: float):
-    """Crop the image region that ``m`` maps into the output and resize it by ``factor`` (< 1)."""
+def _shrink_region(img: np.ndarray, m: np.ndarray, size: int, factor: float):
+    """Crop the image region that ``m`` maps into the output, resize it by ``factor`` (< 1) and
+    return it with ``m`` re-expressed in its coordinates."""
     import cv2
 
     inv = cv2.invertAffineTransform(m)
@@ -162,15 +192,15 @@ def _shrink_region(img: np.ndarray, pts: np.ndarray, m: np.ndarray, size: int, f
     x1 = int(min(w, np.ceil(corners[:, 0].max()) + 2))
     y1 = int(min(h, np.ceil(corners[:, 1].max()) + 2))
     if x1 - x0 < 2 or y1 - y0 < 2:
-        return img, pts
+        return img, m
     roi = img[y0:y1, x0:x1]
     new_w = max(1, int(round((x1 - x0) * factor)))
     new_h = max(1, int(round((y1 - y0) * factor)))
     small = cv2.resize(roi, (new_w, new_h), interpolation=cv2.INTER_AREA)
     fx = new_w / (x1 - x0)
     fy = new_h / (y1 - y0)
-    # pixel centres: x_small + 0.5 = (x_roi + 0.5) * f
-    moved = np.empty_like(pts)
-    moved[:, 0] = (pts[:, 0] - x0 + 0.5) * fx - 0.5
-    moved[:, 1] = (pts[:, 1] - y0 + 0.5) * fy - 0.5
-    return small, moved
+    # pixel centres: x_small + 0.5 = (x - x0 + 0.5) * fx, so x = (x_small + 0.5) / fx - 0.5 + x0
+    back = np.array([[1.0 / fx, 0.0, 0.5 / fx - 0.5 + x0],
+                     [0.0, 1.0 / fy, 0.5 / fy - 0.5 + y0],
+                     [0.0, 0.0, 1.0]])
+    return small, np.asarray(m, dtype=np.float64) @ back

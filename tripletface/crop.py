@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import errno
 import io
 import json
 import os
@@ -58,7 +57,7 @@ from typing import Optional
 
 import numpy as np
 
-from tripletface.errors import ImageError, InputError, TripletfaceError
+from tripletface.errors import DiskFullError, ImageError, InputError, disk_full
 from tripletface.imageio import is_image_file
 
 __all__ = ["add_arguments", "run", "crop_dataset", "scan_inputs", "read_manifest", "CropSummary",
@@ -69,7 +68,6 @@ SETTINGS_FILE = "crop_settings.json"
 TRIPLETS_FILE = "test_triplets.csv"
 _PARTIAL_PREFIX = ".partial"
 _LOCK_PREFIX = ".lock"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NAME_MAX = 255  # bytes in one file name (ext4, xfs, tmpfs, APFS, NTFS in UTF-16 units)
 _MAX_TRIPLETS_PER_IDENTITY = 10
 
@@ -95,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of identities put in OUTPUT_DIR/test (crop.test_fraction)")
     parser.add_argument("--size", type=int, default=None, help="side of the aligned crop (crop.size, default 112)")
     parser.add_argument("--detector", default=None, choices=("mtcnn", "opencv"), help="crop.detector")
+    parser.add_argument("--template", default=None, choices=("arcface", "box"),
+                        help="crop.template: arcface = 5-point alignment (default); box = no alignment")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted)")
     parser.add_argument("--overwrite", action="store_true",
                         help="ignore an existing manifest (e.g. made with other settings) and redo everything")
@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides or [])
     for key, value in (("crop.workers", args.workers), ("crop.test_fraction", args.test_fraction),
-                       ("crop.size", args.size), ("crop.detector", args.detector)):
+                       ("crop.size", args.size), ("crop.detector", args.detector),
+                       ("crop.template", args.template)):
         if value is not None:
             overrides.append(f"{key}={value}")
     args.overrides = overrides
@@ -388,9 +389,9 @@ def _exclusive_output(out_root: Path, shard: tuple[int, int]):
         held = _lock(lock_path, out_root)
         yield
     except OSError as e:
-        if e.errno not in _NO_SPACE:
+        if not disk_full(e):
             raise
-        raise TripletfaceError(f"{e.filename or out_root}: no space left on device; the crops and manifest rows "
+        raise DiskFullError(f"{e.filename or out_root}: no space left on device; the crops and manifest rows "
                                "written so far are kept: free some space and run the same command again to "
                                "resume") from None
     finally:
@@ -704,7 +705,7 @@ def _process(todo, cropper, names, test_ids, in_root: Path, out_root: Path, tmp_
                 except _OutsideOutput as e:
                     row.update({"status": "skipped", "reason": str(e), "output": None})
                 except OSError as e:
-                    if e.errno in _NO_SPACE:
+                    if disk_full(e):
                         raise  # the disk is full: stop (see _exclusive_output), don't fail every image
                     row.update({"status": "write_failed", "reason": f"cannot write output ({e})", "output": None})
             for row in rows:

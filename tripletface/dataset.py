@@ -144,6 +144,15 @@ class FaceIndex:
         return FaceIndex(tuple(self.paths[i] for i in rows), new_label[self.labels[rows]],
                          tuple(self.names[i] for i in keep), self.root)
 
+    def keep_images(self, keep) -> "FaceIndex":
+        """The images where the boolean mask ``keep`` is true; identities left with none are dropped."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self.paths),):
+            raise ValueError(f"keep must have one entry per path ({len(self.paths)}), received shape: {keep.shape}")
+        rows = np.flatnonzero(keep)
+        kept = FaceIndex(tuple(self.paths[i] for i in rows), self.labels[rows], self.names, self.root)
+        return kept.subset(np.unique(kept.labels))
+
     def without(self, names: typing.Iterable[str]) -> "FaceIndex":
         """This index minus the identities called ``names`` (unknown names are ignored)."""
         drop = set(names)
@@ -163,6 +172,32 @@ def _plural(n: int, word: str) -> str:
 
 def _visible(name: str) -> bool:
     return not name.startswith(".")
+
+
+def quality_filter(index: FaceIndex, manifest: list[dict], manifest_dir: str | os.PathLike,
+                   min_blur: float = 0.0, max_pose: float = 0.0) -> tuple[FaceIndex, int]:
+    """Drop training crops that ``tripletface crop`` measured as blurred or turned.
+
+    ``manifest`` holds crop's rows (``output`` relative to ``manifest_dir``, ``blur`` = variance
+    of the crop's Laplacian, ``pose`` = nose offset in eye distances). A crop is dropped when
+    ``blur < min_blur`` or ``|pose| > max_pose`` (a 0 threshold is off). Images the manifest
+    does not score are kept. Returns the filtered index and how many images were dropped.
+    """
+    scores = {}
+    for row in manifest:
+        if row.get("status") == "ok" and isinstance(row.get("output"), str):
+            scores[os.path.abspath(os.path.join(manifest_dir, row["output"]))] = row
+    keep = np.ones(len(index), dtype=bool)
+    for i, path in enumerate(index.paths):
+        row = scores.get(os.path.abspath(path))
+        if row is None:
+            continue
+        blur, pose = row.get("blur"), row.get("pose")
+        if min_blur > 0 and isinstance(blur, (int, float)) and blur < min_blur:
+            keep[i] = False
+        if max_pose > 0 and isinstance(pose, (int, float)) and abs(pose) > max_pose:
+            keep[i] = False
+    return index.keep_images(keep), int((~keep).sum())
 
 
 def index_folder(root: str | os.PathLike) -> FaceIndex:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletface.errors import InputError
+from tripletface.errors import DiskFullError, InputError, disk_full
 
 __all__ = ["add_arguments", "run", "list_images", "image_key", "output_paths", "write_npz_atomic"]
 
@@ -118,9 +118,16 @@ def run(args: argparse.Namespace) -> int:
     failed = {f.path for f in failures}
     arrays = {image_key(root, p): vectors[i] for i, p in enumerate(unique) if str(p) not in failed}
     failures = failures + duplicates
-    write_npz_atomic(out, arrays)
     lines = [json.dumps({"key": image_key(root, Path(f.path)), **f.to_dict()}) + "\n" for f in failures]
-    _write_text_atomic(side, "".join(lines))
+    for path, write in ((out, lambda: write_npz_atomic(out, arrays)),
+                        (side, lambda: _write_text_atomic(side, "".join(lines)))):
+        try:
+            write()
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            raise DiskFullError(f"{path}: no space left on device while writing; {path} is unchanged (no partial "
+                                "file): free some space and run the same command again") from None
     print(f"embedded {len(arrays)} of {len(files)} images ({embedder.dim}-d) -> {out}; "
           f"{len(failures)} failed -> {side}", file=sys.stderr)
     print_failures(failures, more=f" (see {side})")

@@ -37,3 +37,19 @@ class TrainingError(TripletfaceError):
     """Training stopped: NaN/inf loss, bad data discovered at start."""
 
     exit_code = 6
+
+
+class DiskFullError(TripletfaceError):
+    """The disk (or quota) filled up while writing; what was complete before is kept."""
+
+    exit_code = 7
+
+
+def disk_full(e: BaseException) -> bool:
+    """An error that means the disk (or quota) is full, from Python (errno) or from TensorFlow (text)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "Disk quota exceeded" in text

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from tripletface.align import DEFAULT_TEMPLATE, TEMPLATES, align_face
+from tripletface.align import BOX, DEFAULT_TEMPLATE, TEMPLATES, align_face, box_crop
 from tripletface.detect import DETECTORS, Detection, Detector, get_detector, select_face
 from tripletface.errors import ImageError
 from tripletface.imageio import read_image
@@ -87,7 +87,7 @@ def alignment_settings(crop_cfg) -> dict:
     return {
         "detector": str(crop_cfg.detector),
         "size": int(crop_cfg.size),
-        "template": DEFAULT_TEMPLATE,
+        "template": str(crop_cfg.template),
         "min_face_size": int(crop_cfg.min_face_size),
         "detect_scale": float(crop_cfg.detect_scale),
         "min_score": float(crop_cfg.min_score),
@@ -128,7 +128,8 @@ class FaceCropper:
     Args:
         detector: ``"mtcnn"`` | ``"opencv"``, or a :class:`~tripletface.detect.Detector`.
         size: side of the aligned square crop in pixels.
-        template: alignment template name (``"arcface"``).
+        template: alignment template name (``"arcface"``), or ``"box"`` for no alignment
+            (the detector's box squared and scaled: the ablation's alignment-off baseline).
         min_face_size: faces whose box is smaller (pixels, original image) are ``too_small``.
         detect_scale: images are shrunk by this before detection.
         min_score: detections below this score are ignored.
@@ -141,8 +142,8 @@ class FaceCropper:
                  max_pixels: int = 40_000_000, workers: int = 0):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
             raise ValueError(f"size must be an integer >= 8, received: {size!r}")
-        if template not in TEMPLATES:
-            raise ValueError(f"template must be one of {sorted(TEMPLATES)}, received: {template!r}")
+        if template not in (*TEMPLATES, BOX):
+            raise ValueError(f"template must be one of {[*sorted(TEMPLATES), BOX]}, received: {template!r}")
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
             raise ValueError(f"max_pixels must be a positive integer, received: {max_pixels!r}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -212,7 +213,10 @@ class FaceCropper:
                 landmarks=_round_list(largest.landmarks), face_size=round(largest.size, 1),
             )
         face, _ = select_face(big, np.shape(image))
-        aligned = align_face(np.asarray(image), face.landmarks, self.size, self.template)
+        if self.template == BOX:
+            aligned = box_crop(np.asarray(image), face.box, self.size)
+        else:
+            aligned = align_face(np.asarray(image), face.landmarks, self.size, self.template)
         reason = "" if n_faces == 1 else f"{n_faces} faces found; kept the largest/most central"
         return FaceResult(
             status="ok", reason=reason, aligned=aligned, score=round(float(face.score), 5),

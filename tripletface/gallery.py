@@ -24,7 +24,6 @@ model's threshold, else ``unknown``.
 from __future__ import annotations
 
 import argparse
-import errno
 import glob
 import hashlib
 import json
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletface.errors import InputError, ModelError, TripletfaceError
+from tripletface.errors import DiskFullError, InputError, ModelError, disk_full
 
 __all__ = ["FORMAT", "INDEXES", "Gallery", "gallery_path", "load_gallery", "save_gallery", "locked",
            "check_model", "nearest_identities", "enroll", "identify", "add_arguments_for", "run_for"]
@@ -175,9 +174,9 @@ def save_gallery(g: Gallery, path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not disk_full(e):
             raise
-        raise TripletfaceError(f"{path}: no space left on device while saving the gallery; the gallery file is "
+        raise DiskFullError(f"{path}: no space left on device while saving the gallery; the gallery file is "
                                "unchanged: free some space and enroll again") from None
     finally:
         if tmp.exists():
@@ -244,9 +243,7 @@ def nearest_identities(g: Gallery, query: np.ndarray, top_k: int = 5, index: str
         k = min(len(g), max(top_k * 16, 64))
         d, idx = _faiss_search(faiss_index if faiss_index is not None else build_faiss_index(g), query, k)
     else:
-        d = np.sqrt(np.maximum(np.sum((g.embeddings.astype(np.float64) - query[None]) ** 2, axis=1), 0.0))
-        idx = np.argsort(d, kind="stable")
-        d = d[idx]
+        d, idx = _exact_search(g, query, top_k)
     out: dict[str, float] = {}
     for dist, i in zip(d, idx):
         if i < 0:  # faiss pads with -1 when it finds fewer than k
@@ -257,6 +254,28 @@ def nearest_identities(g: Gallery, query: np.ndarray, top_k: int = 5, index: str
             if len(out) == top_k:
                 break
     return sorted(out.items(), key=lambda t: t[1])
+
+
+def _exact_search(g: Gallery, query: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows nearest ``query``, enough of them to hold the ``top_k`` nearest identities, with
+    exact distances, nearest first.
+
+    Ranks all rows with one float32 matrix-vector product (``|e|^2 - 2 e.q``), keeps the
+    nearest few with ``argpartition`` (a full sort only when they hold fewer than ``top_k``
+    identities), then measures the kept rows' distances exactly in float64.
+    """
+    emb = g.embeddings
+    score = np.einsum("ij,ij->i", emb, emb) - 2.0 * (emb @ query)  # distance^2 - |q|^2
+    n = len(score)
+    k = min(n, max(top_k * 16, 64))
+    while True:
+        idx = np.argpartition(score, k - 1)[:k] if k < n else np.arange(n)
+        if k == n or len({g.names[i] for i in idx}) >= top_k:
+            break
+        k = min(n, k * 4)
+    d = np.sqrt(np.maximum(np.sum((emb[idx].astype(np.float64) - query[None]) ** 2, axis=1), 0.0))
+    order = np.lexsort((idx, d))  # by distance, ties by row
+    return d[order], idx[order]
 
 
 def _import_faiss():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletface.errors import InputError, TrainingError
+from tripletface.errors import DiskFullError, InputError, TrainingError, disk_full
 
 FINAL_MODEL_NAME = "model.keras"
 
@@ -367,16 +367,6 @@ def _fit(trainer, ds, epochs: int, steps_per_epoch: int, epoch: int, step: int, 
     return types.SimpleNamespace(history=history)
 
 
-def _disk_full(e: BaseException) -> bool:
-    """An error that means the disk (or quota) is full, from Python or from TensorFlow."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(e)
-    return "No space left on device" in text or "Disk quota exceeded" in text
-
-
 # --------------------------------------------------------------------------- validation
 
 def prepare_validation(val_index, cfg):
@@ -441,20 +431,42 @@ def _read_names(path: str) -> list[str]:
         raise InputError(f"{path}: cannot read the identity exclusion list ({e.strerror})") from None
 
 
+def _beside_crops(train_dir: Path, name: str) -> Path | None:
+    """``name`` as crop writes it beside its crops: in ``train_dir``, or its parent (a split output)."""
+    for d in (train_dir, train_dir.parent):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _quality_filter(cfg, index, train_dir: Path):
+    """Drop blurred/turned crops per data.min_blur / data.max_pose, scored by crop's manifest."""
+    from tripletface import dataset as D
+    from tripletface.crop import read_manifest
+
+    manifest = _beside_crops(train_dir, "manifest.jsonl")
+    if manifest is None:
+        raise InputError(f"{train_dir}: data.min_blur/data.max_pose need the manifest.jsonl that "
+                         "`tripletface crop` writes beside its crops")
+    kept, dropped = D.quality_filter(index, read_manifest(manifest), manifest.parent,
+                                     cfg.data.min_blur, cfg.data.max_pose)
+    print(f"data: quality filter dropped {dropped} of {len(index)} crops "
+          f"(blur < {cfg.data.min_blur:g} or |pose| > {cfg.data.max_pose:g}; 0 = off)", file=sys.stderr)
+    return kept
+
+
 def _alignment_settings(cfg, train_dir: Path | None) -> dict:
     """The crop settings the training crops were made with (crop_settings.json beside them), else the config's."""
-    if train_dir is not None:
-        for d in (train_dir, train_dir.parent):
-            f = d / "crop_settings.json"
-            if f.is_file():
-                try:
-                    record = json.loads(f.read_text())
-                except (OSError, ValueError):
-                    raise InputError(f"{f}: unreadable crop settings") from None
-                settings = record.get("alignment") if isinstance(record, dict) else None
-                if not isinstance(settings, dict) or not settings:
-                    raise InputError(f"{f}: crop settings without an 'alignment' section")
-                return settings
+    f = _beside_crops(train_dir, "crop_settings.json") if train_dir is not None else None
+    if f is not None:
+        try:
+            record = json.loads(f.read_text())
+        except (OSError, ValueError):
+            raise InputError(f"{f}: unreadable crop settings") from None
+        settings = record.get("alignment") if isinstance(record, dict) else None
+        if not isinstance(settings, dict) or not settings:
+            raise InputError(f"{f}: crop settings without an 'alignment' section")
+        return settings
     from tripletface.faces import alignment_settings
 
     return alignment_settings(cfg.crop)
@@ -492,6 +504,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
             index = D.index_folder(train_dir)
             if cfg.data.exclude_identities:
                 index = index.without(_read_names(cfg.data.exclude_identities))
+            if cfg.data.min_blur > 0 or cfg.data.max_pose > 0:
+                index = _quality_filter(cfg, index, train_dir)
             train_index, val_index = D.split_by_identity(index, cfg.data.val_fraction, seed=cfg.data.seed)
             D.check_images(val_index)  # the training images are checked as the dataset decodes them
             print(f"data: training on {train_index.describe()}; validating on {val_index.describe()} "
@@ -627,14 +641,14 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         return {"model_path": str(model_path), "history": hist.history, "resumed_from": resumed_from,
                 "validation": validation.history}
     except (OSError, tf.errors.OpError) as e:
-        if not _disk_full(e):
+        if not disk_full(e):
             raise
         state_dir = Path(cfg.train.checkpoint_dir) / "state"
         for temp in state_dir.glob("**/*_temp"):  # what the failed save wrote: free the space
             shutil.rmtree(temp, ignore_errors=True)
         where = getattr(e, "filename", None) or state_dir.parent
         last = tf.train.latest_checkpoint(str(state_dir)) or "none"
-        raise TrainingError(f"{where}: no space left on device while saving; the last complete checkpoint "
+        raise DiskFullError(f"{where}: no space left on device while saving; the last complete checkpoint "
                             f"({last}) is kept: free some space and run the same command again to resume") from None
     finally:
         keras.mixed_precision.set_global_policy("float32")
