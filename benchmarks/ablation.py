@@ -1,12 +1,17 @@
 """Ablation of the original design's future improvements on the LFW dev protocol.
 
-Every row trains with the same step budget on the aligned crops of lfw-dev minus the
-identities of the held-out fold, then is scored on that fold's pairs with the same
-evaluation. One command per row (``--row NAME``); ``--list`` prints the exact commands.
+Every row trains with the same budget (3 epochs x 100 steps of 128 images, Adam 1e-3 with
+cosine decay, 64x64 input: the ``lfw-cpu`` preset's schedule) on the crops of lfw-dev minus
+the identities of the held-out fold, then is scored on that fold's 600 pairs with the same
+evaluation. Each row changes ONE thing from the original design (random triplets, standard
+TripletLoss, flip/±10° rotation/brightness, ResNet50). One command per row (``--row NAME``);
+``--list`` prints the exact train/evaluate commands.
 
-    python benchmarks/ablation.py --crops runs/lfw112 --out runs/ablation --row original
-    python benchmarks/ablation.py --crops runs/lfw112 --out runs/ablation            # all rows
-    python benchmarks/ablation.py ... --epochs 1 --steps 5 --row original              # smoke
+    tripletface crop ../shared/data/lfw-dev runs/lfw112                      # aligned crops
+    tripletface crop ../shared/data/lfw-dev runs/lfwbox112 --template box    # for no_alignment
+    python benchmarks/ablation.py --crops runs/lfw112 --box-crops runs/lfwbox112 --row original
+    python benchmarks/ablation.py --crops runs/lfw112 --box-crops runs/lfwbox112            # all rows
+    python benchmarks/ablation.py ... --epochs 1 --steps 5 --row original                   # smoke
 
 Results are appended to OUT/ablation.jsonl and printed as a Markdown table.
 """

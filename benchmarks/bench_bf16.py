@@ -268,11 +268,8 @@ def main(argv=None) -> int:
               f"bfloat16 {a['bfloat16']['seed_spread']:.2f} points")
     print(f"AVX512_BF16/AMX: {'yes' if supported else 'no'}; load average {common.load_average()} "
           f"({os.cpu_count()} CPUs)")
-    if args.json:
-        common.write_json(args.json, {"bf16_speed": speed, "bf16_accuracy": accuracy, "bf16_supported": supported,
-                                      "machine": common.machine_info(),
-                                      "command": "python benchmarks/bench_bf16.py "
-                                                 + " ".join(argv if argv is not None else sys.argv[1:])})
+    common.save_results(args.json, __file__, argv, bf16_speed=speed, bf16_accuracy=accuracy,
+                        bf16_supported=supported)
     return 0
 
 

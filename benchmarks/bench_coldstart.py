@@ -141,10 +141,7 @@ def main(argv=None) -> int:
     common.print_table(["model", "import tf s", "floor s", "compare s", "ratio", f"<= {TARGET}",
                         "CPU s floor", "CPU s compare", "CPU ratio", "peak MiB floor", "peak MiB compare"], rows)
     print(f"load average {common.load_average()} ({os.cpu_count()} CPUs)")
-    if args.json:
-        common.write_json(args.json, {"cold_start": results, "machine": common.machine_info(),
-                                      "command": "python benchmarks/bench_coldstart.py "
-                                                 + " ".join(argv if argv is not None else sys.argv[1:])})
+    common.save_results(args.json, __file__, argv, cold_start=results)
     return 0
 
 

@@ -154,10 +154,7 @@ def main(argv=None) -> int:
                         f">= {TARGET}",
                         "peak MiB bare", "peak MiB real"], rows)
     print(f"load average {common.load_average()} ({os.cpu_count()} CPUs); {len(files)} crops from {crops}")
-    if args.json:
-        common.write_json(args.json, {"embed": results, "machine": common.machine_info(), "data": str(crops),
-                                      "command": "python benchmarks/bench_embed.py "
-                                                 + " ".join(argv if argv is not None else sys.argv[1:])})
+    common.save_results(args.json, __file__, argv, embed=results, data=str(crops))
     return 0
 
 

@@ -188,11 +188,7 @@ def main(argv=None) -> int:
                          common.fmt(r["search_ms"], ".1f"), common.fmt(r["bare_matvec_ms"], ".2f"),
                          common.fmt(r["peak_rss_mib"], ".0f")] for r in identify])
     print(f"load average {common.load_average()} ({os.cpu_count()} CPUs)")
-    if args.json:
-        common.write_json(args.json, {"scale_training": training, "scale_identify": identify,
-                                      "machine": common.machine_info(),
-                                      "command": "python benchmarks/bench_scale.py "
-                                                 + " ".join(argv if argv is not None else sys.argv[1:])})
+    common.save_results(args.json, __file__, argv, scale_training=training, scale_identify=identify)
     return 0
 
 

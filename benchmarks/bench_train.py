@@ -278,10 +278,7 @@ def main(argv=None) -> int:
                                    log=lambda s: print(s, file=sys.stderr)))
     print_results(results)
     print(f"load average {common.load_average()} ({os.cpu_count()} CPUs); target real/bare >= {TARGET}")
-    if args.json:
-        common.write_json(args.json, {"train_step": results, "machine": common.machine_info(), "data": str(crops),
-                                      "command": "python benchmarks/bench_train.py "
-                                                 + " ".join(argv if argv is not None else sys.argv[1:])})
+    common.save_results(args.json, __file__, argv, train_step=results, data=str(crops))
     return 0
 
 

@@ -168,6 +168,16 @@ def write_json(path, data) -> None:
     path.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n", encoding="utf-8")
 
 
+def save_results(path, script: str, argv, **results) -> None:
+    """With ``--json PATH``: ``results`` plus the machine and the command (``script`` = the
+    benchmark's ``__file__``; ``argv`` as given to its ``main``, None = the command line)."""
+    if not path:
+        return
+    args = sys.argv[1:] if argv is None else list(argv)
+    write_json(path, {**results, "machine": machine_info(),
+                      "command": f"python benchmarks/{Path(script).name} " + " ".join(args)})
+
+
 def _jsonable(o):
     try:
         import numpy as np
