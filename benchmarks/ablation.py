@@ -43,6 +43,9 @@ ROWS = {
     "semi_hard": _with(*PK, "loss.name=semi_hard"),
     "hard": _with(*PK, "loss.name=batch_hard"),
     "memory_bank": _with(*PK, "loss.name=semi_hard", "loss.memory_bank_size=1024"),  # the bank extends mining
+    # the cross-batch memory paper's advice: fill the bank only once the embedding has stopped drifting
+    "memory_bank_warmup": _with(*PK, "loss.name=semi_hard", "loss.memory_bank_size=1024",
+                                "loss.memory_bank_start_step=100"),
     "advanced_aug": _with("augment.contrast=0.3", "augment.cutout=0.3", "augment.gaussian_blur=0.2",
                           "augment.motion_blur=0.1"),
     "quality_filter": _with("data.min_blur=50", "data.max_pose=0.3"),  # drops 5.7 % of lfw-dev crops

@@ -58,6 +58,30 @@ def test_bad_arguments_name_the_argument(kwargs, match):
         M.build_embedding_model(**args)
 
 
+def test_from_scratch_batch_norm_statistics_settle_in_a_short_run(tmp_path):
+    """MobileNetV2's BatchNorm momentum 0.999 leaves inference statistics near their initial
+    values for thousands of steps (every face maps to one point after a short from-scratch run);
+    from scratch every backbone's BatchNorm uses 0.99, kept through save/load; pretrained
+    weights keep the architecture's value."""
+    import keras
+
+    def momenta(model):
+        return {layer.momentum for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)}
+
+    model = M.build_embedding_model("mobilenet", 8, (64, 64))
+    assert momenta(model) == {0.99}
+    assert momenta(M.load_model(M.save_model(model, tmp_path / "m.keras"))) == {0.99}
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3))
+    base.save_weights(tmp_path / "w.weights.h5")
+    assert momenta(M.build_embedding_model("mobilenet", 8, (64, 64), weights=str(tmp_path / "w.weights.h5"))) == {0.999}
+    # a few hundred training-mode batches move the 0.99 moving statistics most of the way
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    x = np.random.default_rng(0).normal(5.0, 3.0, (32, 4)).astype("float32")
+    for _ in range(300):
+        bn(x, training=True)
+    assert np.allclose(bn.moving_mean.numpy(), x.mean(0), rtol=0.1)
+
+
 def test_local_weights_file(tmp_path):
     import keras
 
