@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_embed  # noqa: E402
 import common  # noqa: E402
 
 TARGET = 1.3
@@ -117,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     crops = args.crops or common.default_crops()
-    files = bench_embed.crop_files(crops, 2)
+    files = common.image_sample(crops, 2)
     if len(files) < 2:
         print(f"error: {crops}: need two crops", file=sys.stderr)
         return 2

@@ -29,18 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-
-def default_data() -> Path:
-    env = os.environ.get("TRIPLETFACE_DATA")
-    return (Path(env) if env else REPO_ROOT.parent / "shared" / "data") / "lfw-dev"
-
-
-def pick_images(root: Path, limit: int) -> list[Path]:
-    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if limit and limit < len(files):
-        step = len(files) / limit
-        files = [files[int(i * step)] for i in range(limit)]
-    return files
+import common  # noqa: E402
 
 
 def link_dataset(files: list[Path], root: Path) -> None:
@@ -86,7 +75,7 @@ def run_crop(files: list[Path], workers: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=default_data(), help="lfw-dev folder")
+    parser.add_argument("--data", type=Path, default=common.data_root() / "lfw-dev", help="lfw-dev folder")
     parser.add_argument("--limit", type=int, default=1500, help="images for crop (0 = all)")
     parser.add_argument("--baseline-limit", type=int, default=200, help="images for the one-at-a-time baseline")
     parser.add_argument("--workers", type=int, default=0, help="crop threads (0 = CPUs)")
@@ -95,7 +84,7 @@ def main(argv=None) -> int:
     if not args.data.is_dir():
         print(f"error: {args.data}: LFW data not found (set TRIPLETFACE_DATA or --data)", file=sys.stderr)
         return 2
-    files = pick_images(args.data, args.limit)
+    files = common.image_sample(args.data, args.limit)
     if not files:
         print(f"error: {args.data}: no images", file=sys.stderr)
         return 2

@@ -30,14 +30,6 @@ import common  # noqa: E402
 TARGET = 0.90
 
 
-def crop_files(crops: Path, limit: int) -> list[Path]:
-    files = sorted(p for p in crops.glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if limit and limit < len(files):
-        step = len(files) / limit
-        files = [files[int(i * step)] for i in range(limit)]
-    return files
-
-
 def save_model(backbone: str, size: int, folder: Path, threshold: float = 1.0) -> Path:
     """An untrained model with a stored threshold (speed does not depend on the weights)."""
     import keras
@@ -128,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     crops = args.crops or common.default_crops()
-    files = crop_files(crops, args.images)
+    files = common.image_sample(crops, args.images)
     if not files:
         print(f"error: {crops}: no crops found (pass --crops)", file=sys.stderr)
         return 2

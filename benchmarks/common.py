@@ -45,6 +45,15 @@ def default_crops() -> Path:
     return crops if crops.is_dir() else data_root() / "lfw-dev"
 
 
+def image_sample(root: Path, limit: int) -> list[Path]:
+    """The images in ``root/<identity>/``, sorted; with ``limit``, that many spread evenly over them."""
+    files = sorted(p for p in Path(root).glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if limit and limit < len(files):
+        step = len(files) / limit
+        files = [files[int(i * step)] for i in range(limit)]
+    return files
+
+
 # --------------------------------------------------------------------------- memory
 
 def _status_kib(field: str) -> int | None:
