@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from tripletface.atomic import replaced_atomically
 from tripletface.errors import DiskFullError, InputError, disk_full
 
 __all__ = ["add_arguments", "run", "list_images", "image_key", "output_paths", "write_npz_atomic"]
@@ -70,25 +70,8 @@ def output_paths(output) -> tuple[Path, Path]:
 
 def write_npz_atomic(path: Path, arrays: dict) -> None:
     """``np.savez`` to a temporary file, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    try:
+    with replaced_atomically(path, ".npz") as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,15 +102,17 @@ def run(args: argparse.Namespace) -> int:
     arrays = {image_key(root, p): vectors[i] for i, p in enumerate(unique) if str(p) not in failed}
     failures = failures + duplicates
     lines = [json.dumps({"key": image_key(root, Path(f.path)), **f.to_dict()}) + "\n" for f in failures]
-    for path, write in ((out, lambda: write_npz_atomic(out, arrays)),
-                        (side, lambda: _write_text_atomic(side, "".join(lines)))):
-        try:
-            write()
-        except OSError as e:
-            if not disk_full(e):
-                raise
-            raise DiskFullError(f"{path}: no space left on device while writing; {path} is unchanged (no partial "
-                                "file): free some space and run the same command again") from None
+    path = out  # the file being written, for the message
+    try:
+        write_npz_atomic(out, arrays)
+        path = side
+        with replaced_atomically(side) as tmp:
+            tmp.write_text("".join(lines), encoding="utf-8")
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        raise DiskFullError(f"{path}: no space left on device while writing; {path} is unchanged (no partial "
+                            "file): free some space and run the same command again") from None
     print(f"embedded {len(arrays)} of {len(files)} images ({embedder.dim}-d) -> {out}; "
           f"{len(failures)} failed -> {side}", file=sys.stderr)
     print_failures(failures, more=f" (see {side})")

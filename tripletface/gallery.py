@@ -27,7 +27,6 @@ import argparse
 import glob
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tripletface.atomic import replaced_atomically
 from tripletface.errors import DiskFullError, InputError, ModelError, disk_full
 
 __all__ = ["FORMAT", "INDEXES", "Gallery", "gallery_path", "load_gallery", "save_gallery", "locked",
@@ -164,23 +164,16 @@ def load_gallery(path) -> Gallery:
 def save_gallery(g: Gallery, path) -> None:
     """Write atomically (temporary file, fsync, rename); plain arrays only, no pickle."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     g.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
     try:
-        np.savez(tmp, embeddings=g.embeddings.astype(np.float32), names=g.names.astype(str),
-                 keys=g.keys.astype(str), meta=np.array(json.dumps(g.meta)))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with replaced_atomically(path, ".npz", fsync=True) as tmp:
+            np.savez(tmp, embeddings=g.embeddings.astype(np.float32), names=g.names.astype(str),
+                     keys=g.keys.astype(str), meta=np.array(json.dumps(g.meta)))
     except OSError as e:
         if not disk_full(e):
             raise
         raise DiskFullError(f"{path}: no space left on device while saving the gallery; the gallery file is "
-                               "unchanged: free some space and enroll again") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+                            "unchanged: free some space and enroll again") from None
 
 
 @contextmanager
@@ -311,13 +304,8 @@ def _save_faiss(g: Gallery, path: Path) -> None:
     """Write the index of ``g``'s rows beside the gallery and remove the indexes of older rows."""
     faiss = _import_faiss()
     target = faiss_path(path, g.checksum())
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
+    with replaced_atomically(target) as tmp:
         faiss.write_index(build_faiss_index(g), str(tmp))
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     stem = path.name[: -len(".npz")]
     for old in path.parent.glob(f"{glob.escape(stem)}.*.faiss"):
         if old != target and re.fullmatch(re.escape(stem) + r"\.[0-9a-f]{16}\.faiss", old.name):

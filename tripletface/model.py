@@ -21,6 +21,7 @@ import os
 import zipfile
 from pathlib import Path
 
+from tripletface.atomic import replaced_atomically
 from tripletface.errors import ModelError
 
 BACKBONES = ("resnet50", "efficientnet", "mobilenet", "small_cnn")
@@ -240,14 +241,8 @@ def save_model(model, path) -> Path:
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"model path must end in .keras, received: {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    try:
+    with replaced_atomically(path, ".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
