@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 # The original design: explicit random triplets, the standard TripletLoss (margin 0.2),
 # flip / ±10° rotation / brightness, ResNet50. Every other row changes ONE thing from it.
@@ -59,12 +61,7 @@ ROWS = {
 
 
 def run(cmd: list[str], log: Path) -> None:
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise SystemExit(f"error: command failed ({r.returncode}), see {log}: {' '.join(cmd)}")
+    common.run_logged(cmd, log)
 
 
 def commands(name: str, args) -> tuple[list[str], list[str], Path]:

@@ -34,15 +34,18 @@ def data_root() -> Path:
 def default_crops() -> Path:
     """Aligned crops for the training and embedding benchmarks.
 
-    $TRIPLETFACE_CROPS, else <repo>/../runs/lfw112 (``tripletface crop`` of lfw-dev at 112 px)
+    $TRIPLETFACE_CROPS, else <repo>/runs/lfw112 (``tripletface crop`` of lfw-dev at 112 px, where
+    docs/RECIPE.md's commands put it; <repo>/../runs/lfw112 is also looked at)
     when it exists, else the raw lfw-dev photos (the pipeline then resizes them once, while
     caching: the per-step cost is the same, only the start-up decode differs).
     """
     env = os.environ.get("TRIPLETFACE_CROPS")
     if env:
         return Path(env)
-    crops = REPO_ROOT.parent / "runs" / "lfw112"
-    return crops if crops.is_dir() else data_root() / "lfw-dev"
+    for crops in (REPO_ROOT / "runs" / "lfw112", REPO_ROOT.parent / "runs" / "lfw112"):
+        if crops.is_dir():
+            return crops
+    return data_root() / "lfw-dev"
 
 
 def image_sample(root: Path, limit: int) -> list[Path]:
@@ -200,3 +203,23 @@ def _jsonable(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def run_logged(cmd: list[str], log: Path, echo: bool = False) -> float:
+    """Run ``cmd`` with its output appended to ``log`` (after a ``$ cmd`` line); exits with a
+    one-line error naming the log when it fails. Returns its wall seconds."""
+    import subprocess
+    import sys
+    import time
+
+    line = "$ " + " ".join(str(c) for c in cmd)
+    if echo:
+        print(line, file=sys.stderr, flush=True)
+    t0 = time.time()
+    with open(log, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise SystemExit(f"error: command failed ({r.returncode}), see {log}: {' '.join(str(c) for c in cmd)}")
+    return time.time() - t0

@@ -16,7 +16,7 @@ ALL_OFF = dict(flip=False, rotation=0.0, brightness=0.0, contrast=0.0, color_jit
                gaussian_blur=0.0, motion_blur=0.0, cutout=0.0)
 # one setting per op, strong enough to see, probabilities 1 so the op always runs
 ONE_ON = {"flip": True, "rotation": 20.0, "brightness": 0.3, "contrast": 0.5, "color_jitter": 0.6,
-          "gaussian_blur": 1.0, "motion_blur": 1.0, "cutout": 1.0}
+          "gaussian_blur": 1.0, "motion_blur": 1.0, "cutout": 1.0, "greyscale": 1.0}
 
 
 def only(**kwargs) -> AugmentConfig:
@@ -53,7 +53,7 @@ def run(cfg, image, seed=(1, 2)):
 
 def test_order_is_fixed_and_documented():
     assert A.AUGMENT_ORDER == ("flip", "rotation", "brightness", "contrast", "color_jitter",
-                               "gaussian_blur", "motion_blur", "cutout")
+                               "gaussian_blur", "motion_blur", "cutout", "greyscale")
     doc = A.__doc__
     positions = [doc.index(f"``{name}``") for name in A.AUGMENT_ORDER]
     assert positions == sorted(positions), "the module docstring lists the ops out of order"
@@ -74,7 +74,7 @@ def test_all_off_is_identity(cfg):
 
 @pytest.mark.parametrize("name", A.AUGMENT_ORDER)
 def test_each_op_changes_the_image_and_keeps_shape_and_range(name):
-    image = _colour_image() if name == "color_jitter" else _face_image()
+    image = _colour_image() if name in ("color_jitter", "greyscale") else _face_image()
     cfg = only(**{name: ONE_ON[name]})
     outs = [run(cfg, image, seed=(7, s)) for s in range(4)]
     for out in outs:

@@ -141,3 +141,43 @@ def test_ablation_rows_change_one_thing_from_the_original_design(tmp_path):
     assert "TRAIN_DIR=aligned" in train and "train.epochs=3" in train and "loss.name=semi_hard" in train
     with pytest.raises(SystemExit, match="--box-crops"):
         ablation.commands("no_alignment", args)
+
+
+def test_synthetic_tree_links_the_crops_into_two_sources(tmp_path):
+    from tripletface.dataset import index_folders
+
+    crops = []
+    for i in range(3):
+        f = tmp_path / "crops" / f"{i}.png"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(bytes([i]) * 10)
+        crops.append(str(f))
+    root = bench_scale.synthetic_tree(tmp_path / "tree", crops, n_files=100, per_identity=7)
+    files = sorted(root.rglob("*.png"))
+    assert len(files) == 100
+    assert sorted({p.parent.parent.name for p in files}) == ["src0", "src1"]
+    assert files[0].read_bytes() == Path(crops[0]).read_bytes()  # a link to a real crop, no new pixels
+    index = index_folders([root / "src0", root / "src1"])
+    assert len(index) == 100 and index.num_identities == 15 and index.sources == ("src0", "src1")
+
+
+def test_faces_recipe_folds_holdout_and_table(tmp_path):
+    import faces_recipe
+
+    assert faces_recipe.parse_folds("1-3,5") == [1, 2, 3, 5]
+    crops = tmp_path / "celeba112"
+    for i in range(250):
+        for j in range(2 if i % 5 else 1):
+            (crops / f"celeba_{i}").mkdir(parents=True, exist_ok=True)
+            (crops / f"celeba_{i}" / f"{j}.png").write_bytes(b"x")
+    path = faces_recipe.celeba_holdout(crops, tmp_path)
+    names = path.read_text().split()
+    assert len(names) == faces_recipe.CELEBA_HOLDOUT == len(set(names))
+    assert all(n.startswith("celeba112/celeba_") and int(n.rsplit("_", 1)[1]) % 5 for n in names)  # 2+ crops only
+    assert faces_recipe.celeba_holdout(crops, tmp_path).read_text().split() == names  # fixed once drawn
+    nested = {"metrics": {"verification": {"accuracy_mean": 0.9, "accuracy_std": 0.01, "auc": 0.95}}}
+    assert faces_recipe._verification(nested)["auc"] == 0.95
+    rows = [{"fold": f, "accuracy": a, "accuracy_sd": 0.02, "auc": 0.9, "eer": 0.1, "celeba_accuracy": 0.8,
+             "celeba_auc": 0.85, "train_s": 600} for f, a in ((1, 0.8), (2, 0.9))]
+    text = faces_recipe.table(rows)
+    assert "| 1 | 0.800 ± 0.020 |" in text and "**0.850 ± 0.071**" in text

@@ -74,8 +74,21 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
         load_config(config_file=bad)
 
 
-def test_every_original_key_resolves():
-    for key in ORIGINAL_KEYS:
-        load_config("seed", overrides=[f"{key}={'64' if key != 'IMAGE_SIZE' else '64x64'}"]
-                    if key not in ("TRAIN_DIR", "TEST_TRIPLETS", "CHECKPOINT_DIR", "TENSORBOARD_LOGDIR", "MARGIN",
-                                   "LEARNING_RATE") else [f"{key}=0.5" if key in ("MARGIN", "LEARNING_RATE") else f"{key}=x"])
+@pytest.mark.parametrize("key", sorted(ORIGINAL_KEYS))
+def test_every_original_key_sets_its_sectioned_key_and_nothing_else(key):
+    full = ORIGINAL_KEYS[key]
+    section, name = full.split(".")
+    base = load_config("seed")
+    old = getattr(getattr(base, section), name)
+    if isinstance(old, tuple):
+        text, new = "96x96", (96, 96)
+    elif isinstance(old, str):
+        text = new = "elsewhere/x"
+    else:
+        new = old + 1 if isinstance(old, int) else old * 2
+        text = str(new)
+    for spelling in (key, full):
+        cfg = load_config("seed", overrides=[f"{spelling}={text}"])
+        assert getattr(getattr(cfg, section), name) == new, spelling
+        changed = {f"{s}.{k}" for s, d in cfg.to_dict().items() for k, v in d.items() if v != base.to_dict()[s][k]}
+        assert changed == {full}, spelling

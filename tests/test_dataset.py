@@ -199,14 +199,13 @@ def test_p_larger_than_the_data_is_an_input_error(index):
         D.make_pk_dataset(index, 2, 1, SIZE, NO_AUG, seed=0)
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_unreadable_image_is_named_before_training(tmp_path, crops, cache):
+def test_unreadable_image_is_named_before_training(tmp_path, crops):
     root = _copy_tree(crops, tmp_path / "train")
     victim = sorted((root / sorted(os.listdir(root))[2]).iterdir())[1]
     victim.write_bytes(victim.read_bytes()[:60])  # truncated
     idx = D.index_folder(root)
     with pytest.raises(InputError, match=rf"{victim.name}: unreadable image"):
-        D.make_pk_dataset(idx, 2, 2, SIZE, NO_AUG, seed=0, cache=cache)
+        D.make_pk_dataset(idx, 2, 2, SIZE, NO_AUG, seed=0, cache=True)
     with pytest.raises(InputError, match=victim.name):
         D.check_images(idx)
     victim.write_bytes(b"")

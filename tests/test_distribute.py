@@ -121,7 +121,10 @@ def test_two_cpu_workers_train_like_one_and_only_the_chief_writes(tmp_path):
     for task in (0, 1):
         hist = json.loads((multi / f"result{task}.json").read_text())["history"]
         for key in ("loss", "pos_dist", "neg_dist", "active_fraction"):
-            np.testing.assert_allclose(hist[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)
+            # the gathered batch is reduced in another order than on one worker: float rounding drifts
+            # by up to 7e-4 relative over two epochs on AVX2-only CPUs (1e-4 on AVX-512 ones); a wrong
+            # global batch or unsynchronised step differs by far more
+            np.testing.assert_allclose(hist[key], ref[key], rtol=2e-3, atol=1e-6, err_msg=key)
     w_ref = M.load_model(single / "ckpt" / "model.keras").get_weights()
     assert max(float(np.abs(a - b).max()) for a, b in zip(w0, w_ref)) < 1e-4
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,141 @@ def test_lock_excludes_a_second_writer(tmp_path):
     with open(tmp_path / "g.npz.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once the holder is done
     assert results == ["blocked"]
+
+
+# --------------------------------------------------------------------------- open-set calibration
+
+
+@pytest.mark.parametrize("fpir", [0.01, 0.05, 0.2])
+def test_threshold_at_fpir_is_the_largest_within_target(fpir):
+    from tripletface.gallery import threshold_at_fpir
+
+    nearest = np.random.default_rng(3).uniform(0.4, 1.6, 1000)
+    t, reached, reachable = threshold_at_fpir(nearest, fpir)
+    assert reachable and reached == np.mean(nearest < t) == pytest.approx(fpir)  # exactly fpir * 1000 probes
+    assert np.mean(nearest < np.sort(nearest)[int(fpir * 1000)] + 1e-9) > fpir  # one more probe would exceed it
+
+
+def test_threshold_at_fpir_below_one_probe_is_flagged():
+    from tripletface.gallery import threshold_at_fpir
+
+    t, reached, reachable = threshold_at_fpir(np.array([0.9, 0.7, 1.2]), 0.1)
+    assert (t, reached, reachable) == (0.7, 0.0, False)
+
+
+class _FakeEmbedder:
+    """Embeds a file to the vector named by its stem: synthetic embeddings through the real gallery code."""
+
+    fingerprint, dim, name, flip_tta, threshold = "f" * 16, 16, "fake.keras", True, 1.2
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+        self.metadata = {"threshold": self.threshold, "threshold_source": "training"}
+
+    def embed_files(self, files, aligned=False, progress=False):
+        return np.stack([self.vectors[Path(f).stem] for f in files]), []
+
+    def decision_threshold(self, override=None):
+        return self.threshold, "training"
+
+
+def _unit(rng, n, dim=16):
+    v = rng.normal(size=(n, dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_calibrate_gallery_fpir_on_synthetic_strangers(tmp_path):
+    """On synthetic embeddings: after calibration, the share of strangers that identify answers
+    with a name is the target, on the calibration probes exactly and on new strangers nearly;
+    the model's 1:1 threshold would have named most of them."""
+    from tripletface import gallery as G
+
+    rng = np.random.default_rng(0)
+    centres = _unit(rng, 50)
+    rows = _unit(rng, 100) * 0.35 + np.repeat(centres, 2, axis=0)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    strangers, fresh = _unit(rng, 400), _unit(rng, 400)
+    vectors = {f"s{i}": v for i, v in enumerate(strangers)} | {f"n{i}": v for i, v in enumerate(fresh)}
+    emb = _FakeEmbedder(vectors)
+    g = G.Gallery.new(emb)
+    g.add([f"id{i // 2}/{i}" for i in range(100)], [f"id{i // 2}" for i in range(100)], rows)
+    path = tmp_path / "g.npz"
+    G.save_gallery(g, path)
+    probes = tmp_path / "probes"
+    for i in range(400):
+        (probes / f"stranger{i // 4}").mkdir(parents=True, exist_ok=True)
+        (probes / f"stranger{i // 4}" / f"s{i}.png").write_bytes(b"x")
+
+    t0, source0 = G.search_threshold(G.load_gallery(path), emb, path=path)
+    assert t0 == 1.2 and "1:1 verification threshold" in source0 and "not calibrated" in source0
+    r = G.calibrate_gallery(emb, path, probes, fpir=0.05)
+    t = r["threshold"]
+    stored = G.load_gallery(path)
+    assert stored.meta["threshold"] == t and stored.meta["calibration"]["fpir"] == pytest.approx(0.05)
+    assert stored.checksum() == g.checksum()  # the rows are unchanged
+
+    def named(vs, threshold=None):
+        out = []
+        for i in range(len(vs)):
+            q = tmp_path / "q" / f"{'s' if vs is strangers else 'n'}{i}.png"
+            q.parent.mkdir(exist_ok=True)
+            q.write_bytes(b"x")
+            ans = G.identify(emb, path, q, top_k=1, threshold=threshold)
+            out.append(ans["identity"] != "unknown")
+        return np.mean(out), ans
+
+    fpir, ans = named(strangers)
+    assert fpir == pytest.approx(0.05)  # 20 of the 400 probes, as targeted
+    assert ans["threshold"] == t and ans["threshold_source"].startswith("gallery calibration: tripletface calibrate")
+    fresh_fpir, _ = named(fresh)
+    assert 0.01 <= fresh_fpir <= 0.11  # new strangers: the target, up to sampling error (sd ~0.011)
+    assert named(fresh, threshold=1.2)[0] > 0.5  # the 1:1 threshold names most strangers as someone
+
+    stored.add(["id0/extra"], ["id0"], rows[:1])  # a later enroll changes the rows: the calibration is stale
+    G.save_gallery(stored, path)
+    t2, source2 = G.search_threshold(G.load_gallery(path), emb)
+    assert t2 == t and "changed since" in source2 and "recalibrate" in source2
+
+
+def test_calibrate_gallery_cli(capsys, setup, gallery, lfw_dir, tmp_path):
+    """Real photos: probes of people not enrolled; identify then uses the gallery's threshold
+    and says so; probes of an enrolled person are refused; the target is checked."""
+    import shutil
+
+    from inference_support import lfw_people
+
+    g = tmp_path / "people.npz"
+    shutil.copy(gallery, g)
+    strangers = [n for n in lfw_people(lfw_dir, 8, min_images=2) if n not in setup["people"]][:4]
+    probes = tmp_path / "probes"
+    for name in strangers:
+        (probes / name).mkdir(parents=True)
+        for f in sorted((lfw_dir / name).glob("*.jpg"))[:2]:
+            (probes / name / f.name).symlink_to(f)
+    query = setup["queries"][setup["people"][0]]
+    rc, out, _ = run_cli(capsys, "identify", "--model", setup["model"], "--gallery", g, query)
+    assert rc == 0 and "model's 1:1 verification threshold" in out.splitlines()[1]
+
+    rc, out, err = run_cli(capsys, "calibrate", "--model", setup["model"], "--gallery", g, "--probes", probes,
+                           "--target", "fpir=0.25")
+    assert rc == 0, err
+    r = json.loads(out)
+    cal = r["calibration"]
+    assert cal["probes_used"] == 8 and cal["fpir"] <= 0.25 and cal["fpir_target"] == 0.25
+    meta = json.loads(str(np.load(g, allow_pickle=False)["meta"]))
+    assert meta["threshold"] == r["threshold"] and meta["calibration"]["probes"] == str(probes)
+
+    rc, out, _ = run_cli(capsys, "identify", "--model", setup["model"], "--gallery", g, query, "--json")
+    ans = json.loads(out)
+    assert rc == 0 and ans["threshold"] == r["threshold"]
+    assert ans["threshold_source"].startswith("gallery calibration: tripletface calibrate --target fpir=0.25 on 8")
+
+    (probes / setup["people"][1]).mkdir()
+    (probes / setup["people"][1] / "q.jpg").symlink_to(setup["queries"][setup["people"][1]])
+    rc, _, err = run_cli(capsys, "calibrate", "--model", setup["model"], "--gallery", g, "--probes", probes)
+    assert rc == 2 and error_lines(err) == [f"error: {probes}: probes must be of people not enrolled, but 1 probe "
+                                            f"folders are gallery identities ({setup['people'][1]})"]
+    rc, _, err = run_cli(capsys, "calibrate", "--gallery", g, "--probes", probes, "--target", "far=0.1")
+    assert rc == 2 and error_lines(err) == ["error: --target must be 'fpir=<rate in (0, 1)>', received: 'far=0.1'"]
+    rc, _, err = run_cli(capsys, "calibrate", "--gallery", g)
+    assert rc == 2 and "needs both --gallery G and --probes DIR" in err

@@ -218,7 +218,8 @@ def test_compare_model_errors(capsys, files, faces):
 def test_compare_bad_threshold(capsys, files, faces):
     rc, out, err = run_cli(capsys, "compare", "--model", files["model"], faces[0], faces[1], "--threshold", "-1")
     assert rc == 2 and out == ""
-    assert error_lines(err) == ["error: --threshold must be a finite number >= 0, received: -1.0"]
+    assert error_lines(err) == ["error: argument --threshold: must be a number >= 0, received: '-1' "
+                                "(see: tripletface compare --help)"]
 
 
 # --------------------------------------------------------------------------- the original script, end to end

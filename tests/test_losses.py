@@ -304,6 +304,22 @@ def test_zero_l2_distance_has_finite_gradient(mining):
     assert np.all(np.isfinite(grad.numpy()))
 
 
+@pytest.mark.parametrize("dist", DISTANCES)
+def test_from_euclidean_maps_a_stored_threshold_to_the_loss_units(dist):
+    """A model's Euclidean threshold in a loss distance's units: the value the distance itself gives
+    for unit vectors that far apart, so both decide every pair alike."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, D))
+    y = rng.normal(size=(20, D))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    d = L.get_distance(dist)
+    euclid = np.linalg.norm(x - y, axis=1)
+    np.testing.assert_allclose(d.from_euclidean(euclid), d.paired(x, y).numpy(), atol=1e-5)
+    t = float(np.median(euclid))
+    assert np.array_equal(d.paired(x, y).numpy() < d.from_euclidean(t), euclid < t)
+
+
 def test_safe_sqrt_gradient_at_zero():
     v = tf.Variable([0.0, 4.0])
     with tf.GradientTape() as tape:

@@ -390,7 +390,7 @@ def test_serve_command_starts_answers_and_refuses_bad_arguments(embedder, galler
     gpath = tmp_path / "g.npz"
     save_gallery(gallery, gpath)
     rc, _, err = run_cli(capsys, "serve", "--model", embedder.path, "--port", "0")
-    assert rc == 2 and "--port must be in 1..65535" in error_lines(err)[0]
+    assert rc == 2 and "--port: must be an integer in [1, 65535]" in error_lines(err)[0]
     rc, _, err = run_cli(capsys, "serve", "--model", embedder.path, "--gallery", tmp_path / "none.npz")
     assert rc == 2 and "gallery not found" in error_lines(err)[0]
 

@@ -265,11 +265,15 @@ def test_triplet_metrics_hand_case():
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["threshold"] == 0.42
     assert m["ranking_accuracy"] == pytest.approx(2 / 3)
-    # threshold picked: sorted 0.1P 0.3P 0.4N 0.45N 0.5P 0.9N -> t=0.35 gives 5/6 (TP 2, FP 0, FN 1)
-    m = v.triplet_metrics(ap, an, margin=0.2)
-    assert m["threshold"] == pytest.approx(0.35)
-    assert m["accuracy"] == pytest.approx(5 / 6)
-    assert m["precision"] == pytest.approx(1.0) and m["recall"] == pytest.approx(2 / 3)
+    # the threshold picked on these pairs is reported apart, as optimistic, never as precision/recall:
+    # sorted 0.1P 0.3P 0.4N 0.45N 0.5P 0.9N -> t=0.35 gives 5/6 (TP 2, FP 0, FN 1)
+    for given in (0.42, None):
+        m = v.triplet_metrics(ap, an, margin=0.2, threshold=given)
+        assert m["optimistic_threshold"] == pytest.approx(0.35)
+        assert m["optimistic_accuracy"] == pytest.approx(5 / 6)
+        assert m["optimistic_precision"] == pytest.approx(1.0) and m["optimistic_recall"] == pytest.approx(2 / 3)
+    # without a threshold chosen elsewhere there is no precision/recall to report
+    assert all(m[k] is None for k in ("precision", "recall", "accuracy", "threshold"))
     # nothing predicted positive: precision 0, not a crash
     assert v.triplet_metrics(ap, an, margin=0.2, threshold=0.0)["precision"] == 0.0
     with pytest.raises(ValueError, match="margin"):

@@ -31,6 +31,10 @@ the graph at all:
 8. ``cutout``        with this probability, a square of side ``cutout_size`` times the
                      shorter side, centred anywhere (clipped at the borders), filled with
                      the image's mean grey (an occlusion that carries no information).
+9. ``greyscale``     with this probability, the image's luma (ITU-R 601, as
+                     ``tf.image.rgb_to_grayscale``) in all three channels: colour and
+                     greyscale sources trained together (CelebA and greyscale LFW) meet in
+                     the grey domain part of the time (a no-op on greyscale images).
 
 The result is clipped to ``[0, 255]``. Each operation draws from its own sub-seed
 (one fixed slot per operation), so switching one operation on or off does not change
@@ -64,24 +68,15 @@ AUGMENT_ORDER = (
     "gaussian_blur",
     "motion_blur",
     "cutout",
+    "greyscale",
 )
-
-_PROBABILITIES = ("gaussian_blur", "motion_blur", "cutout")
 
 
 def _check(aug_cfg: "AugmentConfig") -> None:
-    for name in AUGMENT_ORDER[1:]:
-        value = getattr(aug_cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"augment.{name} must be a number >= 0, received: {value!r}")
-    for name in _PROBABILITIES:
-        value = getattr(aug_cfg, name)
-        if value > 1:
-            raise ValueError(f"augment.{name} is a probability and must be in [0, 1], received: {value!r}")
-    if aug_cfg.rotation > 180:
-        raise ValueError(f"augment.rotation must be <= 180 degrees, received: {aug_cfg.rotation!r}")
-    if aug_cfg.cutout and not 0 < aug_cfg.cutout_size <= 1:
-        raise ValueError(f"augment.cutout_size must be in (0, 1], received: {aug_cfg.cutout_size!r}")
+    """The settings against their ranges in ``config.SCHEMA`` (ConfigError is a ValueError)."""
+    from tripletface.config import check_section
+
+    check_section("augment", aug_cfg)
 
 
 def enabled_ops(aug_cfg: "AugmentConfig | None") -> tuple[str, ...]:
@@ -166,6 +161,9 @@ def build_augment(aug_cfg: "AugmentConfig | None", image_size: typing.Sequence[i
             centre = tf.random.stateless_uniform([2], s("cutout", 1), 0.0, 1.0) * [float(height), float(width)]
             image = _maybe(tf, aug_cfg.cutout, s("cutout", 0), image,
                            lambda x: _cutout(tf, x, centre, cutout_side))
+        if "greyscale" in ops:
+            image = _maybe(tf, aug_cfg.greyscale, s("greyscale"), image,
+                           lambda x: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)))
         image = tf.clip_by_value(image, 0.0, 255.0)
         return tf.ensure_shape(image, [height, width, 3])
 

@@ -20,7 +20,7 @@ COMMANDS = {
     "crop": ("tripletface.crop", "detect, align and crop faces: INPUT_DIR -> OUTPUT_DIR (+ manifest)"),
     "train": ("tripletface.train", "train an embedding model with triplet loss"),
     "evaluate": ("tripletface.evaluate", "LFW-protocol verification and the original triplet metrics"),
-    "calibrate": ("tripletface.calibrate", "pick a decision threshold on pairs and store it in the model"),
+    "calibrate": ("tripletface.calibrate", "pick a decision threshold: on pairs for the model (1:1), or for a gallery at a target FPIR (1:N)"),
     "embed": ("tripletface.embed", "embed every image of a folder into an .npz"),
     "compare": ("tripletface.compare", "compare two face photos: distance, threshold, verdict"),
     "enroll": ("tripletface.gallery", "add identities (one folder each) to a gallery"),
@@ -31,22 +31,143 @@ COMMANDS = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset / --config / --set, shared by every command that reads a Config."""
-    parser.add_argument("--preset", default=None, help="named preset (seed, cpu, smoke, ...)")
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
+    """--preset / --config / --set, shared by every command that reads a Config. ``main`` builds
+    (and so validates) the config before TensorFlow is imported or any file is read."""
+    parser.add_argument("--preset", default=None,
+                        help="named preset (seed, cpu, smoke, ...)" + (f"; default: {default_preset}"
+                                                                        if default_preset else ""))
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML config file")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys (train.epochs=2 or EPOCHS=2)")
+    parser.set_defaults(_default_preset=default_preset, _config=None)
 
 
 def config_from_args(args: argparse.Namespace, default_preset: str | None = None):
+    """The command's validated Config (built once; ``main`` builds it before the command runs)."""
     from tripletface.config import load_config
 
-    return load_config(preset=args.preset or default_preset, config_file=args.config, overrides=args.overrides)
+    if getattr(args, "_config", None) is None:
+        preset = args.preset or default_preset or getattr(args, "_default_preset", None)
+        args._config = load_config(preset=preset, config_file=args.config, overrides=args.overrides)
+    return args._config
+
+
+# --------------------------------------------------------------------------- shared flags
+# One spelling per concept across the commands (tests/test_config_schema.py checks them): the input
+# folder is the positional INPUT_DIR (as face_recognition's CLI takes its folders) or --input-dir;
+# flip averaging is --flip-tta/--no-flip-tta; no progress bar is --no-progress; JSON output is --json.
+
+
+def number(typ: type = int, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False, note: str = ""):
+    """An argparse ``type`` for a numeric flag that checks its range while parsing (a one-line error
+    ``argument --top-k: must be an integer >= 1, received: '0'``); NaN and infinity never pass."""
+    from tripletface.config import Rule
+
+    rule = Rule(lo, hi, lo_open, hi_open, note=note)
+
+    def parse(text: str):
+        try:
+            value = typ(text)
+        except (TypeError, ValueError, OverflowError):
+            value = None
+        if value is None or not rule.allows(value, typ):
+            raise argparse.ArgumentTypeError(f"must be {rule.describe(typ)}, received: {text!r}")
+        return value
+
+    parse.__name__ = "integer" if typ is int else "number"
+    parse.rule, parse.typ = rule, typ
+    return parse
+
+
+def config_value(key: str):
+    """An argparse ``type`` for a flag that sets config ``key`` (``crop --size``): the value is checked
+    against config.SCHEMA while parsing."""
+    from tripletface.config import ConfigError, load_config
+
+    def parse(text: str):
+        try:
+            cfg = load_config(overrides={key: text})
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        section, name = key.split(".", 1)
+        return getattr(getattr(cfg, section), name)
+
+    parse.__name__ = key
+    parse.config_key = key
+    return parse
+
+
+class _SetConfig(argparse.Action):
+    """A flag that stands for ``--set KEY=VALUE`` (``const`` is the key), in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = values if isinstance(values, list) else [] if values is None else [values]
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *(f"{self.const}={v}" for v in given)]
+
+
+def add_config_flag(parser: argparse.ArgumentParser, *flags: str, key: str, help: str, **kwargs) -> None:
+    """A flag (or, given no ``--`` name, a positional) that sets config ``key``, checked against
+    config.SCHEMA while parsing; its choices and range come from there (needs
+    :func:`add_config_arguments` on the same parser)."""
+    from tripletface.config import allowed, choices
+
+    try:
+        kwargs.setdefault("choices", choices(key) or None)
+    except KeyError:
+        pass
+    if flags[0].startswith("-"):
+        kwargs["dest"] = f"_set_{key}"
+    parser.add_argument(*flags, action=_SetConfig, const=key, type=config_value(key),
+                        default=None, help=f"{help} ({key}: {allowed(key)})", **kwargs)
+
+
+def add_input_argument(parser: argparse.ArgumentParser, help: str, *aliases: str, required: bool = True,
+                       metavar: str = "INPUT_DIR", dest: str = "input_dir") -> None:
+    """The input folder: positional ``INPUT_DIR`` or ``--input-dir DIR`` (plus the command's old
+    spellings in ``aliases``); ``main`` puts the one given in ``args.<dest>``."""
+    parser.add_argument(dest, nargs="?", metavar=metavar, default=None,
+                        help=help + ("" if required else " (optional)"))
+    parser.add_argument("--input-dir", *aliases, dest=f"_opt_{dest}", metavar="DIR", default=None,
+                        help=f"same as {metavar}")
+    parser.set_defaults(_input_arg=(dest, metavar, required))
+
+
+def _resolve_input(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    dest, metavar, required = args._input_arg
+    positional, option = getattr(args, dest), getattr(args, f"_opt_{dest}")
+    if positional is not None and option is not None and positional != option:
+        parser.error(f"the input folder is given twice ({metavar} {positional!r} and --input-dir {option!r})")
+    setattr(args, dest, positional if positional is not None else option)
+    if required and getattr(args, dest) is None:
+        parser.error(f"the input folder is required: {args._command} {metavar} (or --input-dir DIR)")
+
+
+def add_flip_argument(parser: argparse.ArgumentParser, *aliases_off: str) -> None:
+    """--flip-tta / --no-flip-tta (``args.flip_tta``: True, False, or None = the model's own setting)."""
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--flip-tta", dest="flip_tta", action="store_true", default=None,
+                     help="average each face with its mirror image (default: the model's setting)")
+    tta.add_argument("--no-flip-tta", *aliases_off, dest="flip_tta", action="store_false",
+                     help="no flip averaging")
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-progress (alias --quiet): ``args.progress``."""
+    parser.add_argument("--no-progress", "--quiet", dest="progress", action="store_false", default=True,
+                        help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tripletface", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tripletface", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tripletface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -89,12 +210,19 @@ def import_tensorflow_quietly() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "_input_arg", None):
+            _resolve_input(parser, args)
+    except SystemExit as e:  # --help, --version, or a one-line usage error (exit 2)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     mod = importlib.import_module(args._module)
     try:
+        if hasattr(args, "overrides"):  # every config value is checked before TensorFlow or any data
+            config_from_args(args)
         import_tensorflow_quietly()
         if hasattr(mod, "run_for"):
             return int(mod.run_for(args._command, args) or 0)
@@ -102,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     except TripletfaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a write the command did not expect to fail (read-only folder, full disk)
+        from tripletface.errors import os_error
+
+        err = os_error(e)
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

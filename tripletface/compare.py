@@ -26,10 +26,12 @@ __all__ = ["add_arguments", "run", "compare", "check_image_file"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tripletface.cli import number
+
     parser.add_argument("image_a", metavar="IMG_A", help="a photo (or an aligned crop with --aligned)")
-    parser.add_argument("image_b", metavar="IMG_B")
+    parser.add_argument("image_b", metavar="IMG_B", help="the other photo (or aligned crop)")
     parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=number(float, 0), default=None,
                         help="decision threshold on the distance (default: the one stored in the model)")
     parser.add_argument("--aligned", action="store_true", help="inputs are aligned crops: skip detection")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -7,7 +7,8 @@ becomes ``OUTPUT_DIR/<identity>/<same sub-path>/<name>.png`` -- or, with a test 
 
 ``OUTPUT_DIR/manifest.jsonl`` has one JSON row per input (paths relative to INPUT_DIR and
 OUTPUT_DIR): ``source, identity, split, status, reason, output, score, box, landmarks,
-n_faces, face_size, blur, pose``. Statuses: ``ok``, ``no_face``, ``too_small``, the
+n_faces, face_size, blur, pose, detect_path`` (``direct``, or ``padded`` when the face was found
+only on a padded copy of a tight crop; see :mod:`tripletface.faces`). Statuses: ``ok``, ``no_face``, ``too_small``, the
 :mod:`tripletface.imageio` read statuses (``missing``, ``unreadable``, ``too_large``,
 ``truncated``, ``not_an_image``), ``empty`` (an identity folder without images) and
 ``skipped`` (symlink loops, duplicate folders, images outside an identity folder).
@@ -22,7 +23,8 @@ One run at a time per output folder (and shard): a second ``crop`` into the same
 refuses at once with a one-line error naming the running one (``OUTPUT_DIR/.lock-<i>of<n>``,
 an ``fcntl`` lock the kernel drops when its holder dies, so a killed run never blocks the
 next). A full disk stops the run with a one-line error naming the file; what was written is
-kept, and the same command run again (with space) resumes. Output names stay inside
+kept, and the same command run again (with space) resumes. OUTPUT_DIR inside INPUT_DIR (or
+INPUT_DIR inside OUTPUT_DIR) is refused before anything is written. Output names stay inside
 OUTPUT_DIR (no ``..``, no NUL, no folder symlinked out of it) and within 255 bytes (a longer
 name is cut and given a hash, so two long names do not collide).
 
@@ -58,6 +60,7 @@ from typing import Optional
 import numpy as np
 
 from tripletface.errors import DiskFullError, ImageError, InputError, disk_full
+from tripletface.folders import check_apart
 from tripletface.imageio import is_image_file
 
 __all__ = ["add_arguments", "run", "crop_dataset", "scan_inputs", "read_manifest", "CropSummary",
@@ -76,7 +79,7 @@ _MAX_TRIPLETS_PER_IDENTITY = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli import add_config_arguments
+    from tripletface.cli import add_config_arguments, add_config_flag, add_progress_argument, number
 
     parser.add_argument("input_pos", nargs="?", metavar="INPUT_DIR",
                         help="dataset folder: INPUT_DIR/<identity>/<image> (default: dataset)")
@@ -88,17 +91,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="same as OUTPUT_DIR")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="process only shard I of N (I = 0..N-1), split by identity")
-    parser.add_argument("--workers", type=int, default=None, help="reader/writer threads (crop.workers; 0 = CPUs)")
-    parser.add_argument("--test-fraction", "--test_fraction", dest="test_fraction", type=float, default=None,
-                        help="fraction of identities put in OUTPUT_DIR/test (crop.test_fraction)")
-    parser.add_argument("--size", type=int, default=None, help="side of the aligned crop (crop.size, default 112)")
-    parser.add_argument("--detector", default=None, choices=("mtcnn", "opencv"), help="crop.detector")
-    parser.add_argument("--template", default=None, choices=("arcface", "box"),
-                        help="crop.template: arcface = 5-point alignment (default); box = no alignment")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted)")
+    add_config_flag(parser, "--workers", key="crop.workers", metavar="N", help="reader/writer threads")
+    add_config_flag(parser, "--test-fraction", "--test_fraction", key="crop.test_fraction", metavar="F",
+                    help="fraction of identities put in OUTPUT_DIR/test")
+    add_config_flag(parser, "--size", key="crop.size", metavar="PX", help="side of the aligned crop (default 112)")
+    add_config_flag(parser, "--detector", key="crop.detector", help="face detector")
+    add_config_flag(parser, "--template", key="crop.template",
+                    help="arcface = 5-point alignment (default); box = no alignment")
+    parser.add_argument("--limit", type=number(int, 1), default=None, metavar="N",
+                        help="only the first N images (sorted)")
     parser.add_argument("--overwrite", action="store_true",
                         help="ignore an existing manifest (e.g. made with other settings) and redo everything")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_argument(parser)
     add_config_arguments(parser)
 
 
@@ -114,16 +118,7 @@ def run(args: argparse.Namespace) -> int:
     input_dir = input_dir or "dataset"
     output_dir = output_dir or "cropped_data"
 
-    overrides = list(args.overrides or [])
-    for key, value in (("crop.workers", args.workers), ("crop.test_fraction", args.test_fraction),
-                       ("crop.size", args.size), ("crop.detector", args.detector),
-                       ("crop.template", args.template)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    args.overrides = overrides
-    cfg = config_from_args(args)
-    if args.limit is not None and args.limit <= 0:
-        raise InputError(f"--limit must be > 0, received: {args.limit}")
+    cfg = config_from_args(args)  # --workers, --size, ... are --set crop.KEY=VALUE (cli.add_config_flag)
     shard = parse_shard(args.shard)
     summary = crop_dataset(input_dir, output_dir, cfg.crop, shard=shard, overwrite=args.overwrite,
                            limit=args.limit, progress=args.progress)
@@ -249,7 +244,7 @@ def scan_inputs(input_dir: Path, exclude: tuple = ()) -> tuple[list[InputItem], 
 def _event_row(source: str, identity: str, status: str, reason: str) -> dict:
     return {"source": source, "identity": identity, "split": None, "status": status, "reason": reason,
             "output": None, "score": None, "box": None, "landmarks": None, "n_faces": 0,
-            "face_size": None, "blur": None, "pose": None}
+            "face_size": None, "blur": None, "pose": None, "detect_path": None}
 
 
 def _os_reason(e: OSError) -> str:
@@ -500,7 +495,8 @@ def crop_dataset(input_dir, output_dir, crop_cfg, shard: tuple[int, int] = (0, 1
         progress: show a tqdm bar on stderr.
 
     Raises:
-        InputError: missing or empty input folder, output inside-out, settings mismatch.
+        InputError: missing or empty input folder, output folder the input, inside it or holding it
+            (:func:`tripletface.folders.check_apart`; refused before anything is written), settings mismatch.
     """
     from tqdm import tqdm
 
@@ -513,12 +509,8 @@ def crop_dataset(input_dir, output_dir, crop_cfg, shard: tuple[int, int] = (0, 1
         raise InputError(f"{in_root}: input folder does not exist")
     if not in_root.is_dir():
         raise InputError(f"{in_root}: input is not a folder")
-    real_in = os.path.realpath(in_root)
+    check_apart(in_root, out_root, "the input folder", "the output folder")  # nothing written inside INPUT_DIR
     real_out = os.path.realpath(out_root)
-    if real_in == real_out:
-        raise InputError(f"{out_root}: output folder must differ from the input folder")
-    if real_in.startswith(real_out + os.sep):
-        raise InputError(f"{out_root}: output folder must not contain the input folder {in_root}")
     if out_root.exists() and not out_root.is_dir():
         raise InputError(f"{out_root}: output exists and is not a folder")
 
@@ -617,19 +609,11 @@ def crop_dataset(input_dir, output_dir, crop_cfg, shard: tuple[int, int] = (0, 1
 
 
 def _check_crop_config(crop_cfg) -> None:
-    """What the config validation leaves to the crop (one-line errors before any file is written)."""
-    from tripletface.config import ConfigError
+    """The crop settings against their ranges in ``config.SCHEMA`` (a CropConfig built in code skips
+    load_config): one-line errors before any file is written."""
+    from tripletface.config import check_section
 
-    checks = [
-        ("crop.size", crop_cfg.size, crop_cfg.size >= 8, "must be >= 8"),
-        ("crop.workers", crop_cfg.workers, crop_cfg.workers >= 0, "must be >= 0"),
-        ("crop.min_face_size", crop_cfg.min_face_size, crop_cfg.min_face_size >= 0, "must be >= 0"),
-        ("crop.min_score", crop_cfg.min_score, 0 <= crop_cfg.min_score <= 1, "must be in [0, 1]"),
-        ("crop.min_images_test", crop_cfg.min_images_test, crop_cfg.min_images_test >= 1, "must be >= 1"),
-    ]
-    for key, value, ok, what in checks:
-        if not ok:
-            raise ConfigError(f"config key {key!r} {what}, received: {value!r}")
+    check_section("crop", crop_cfg)
 
 
 def _process(todo, cropper, names, test_ids, in_root: Path, out_root: Path, tmp_dir: Path, crop_cfg,

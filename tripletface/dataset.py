@@ -7,14 +7,18 @@ The data flow, each step its own function:
    only be negatives.
 2. **split** ``split_by_identity(index, val_fraction, seed)`` holds out whole identities,
    before anything is shuffled, so no identity is in both splits.
-3. **decode** ``decode_image`` (bytes -> uint8 RGB) and ``preprocess_image`` (resize to the
-   model's size, round) are the one preprocessing every path uses: training, validation
-   (``make_eval_dataset``, ``load_images``) and serving. Every file is decoded once before
-   a training dataset is returned, so an unreadable image is an :class:`InputError` naming
-   it, before any training step. With ``cache`` (the default) the decoded, un-augmented
-   images stay in memory as one uint8 tensor (when they fit: at most a quarter of RAM)
-   and batches are gathered from it by index; otherwise each sampled file is decoded in
-   the parallel map.
+3. **decode** ``load_image`` reads a file with :func:`tripletface.imageio.read_image` (the
+   decoder of ``crop``, ``embed``, ``evaluate`` and the service, in a ``tf.numpy_function``;
+   ``decode_image`` does the same for bytes), and ``preprocess_image`` (resize to the
+   model's size, round) is the one preprocessing every path uses: training, validation
+   (``make_eval_dataset``, ``load_images``) and serving. So a PNG or JPEG crop gives
+   training the very pixels inference sees. With ``cache`` (the default) the decoded,
+   un-augmented images stay in memory as one uint8 tensor, decoded (and so checked: an
+   unreadable image is an :class:`InputError` naming it, before any step) at set-up, and
+   batches are gathered from it by index. What does not fit the cache (a quarter of RAM),
+   and everything with ``cache=False``, is streamed: read when sampled, no pass at
+   set-up; an unreadable file then stops training at that step with a one-line error
+   naming it (:func:`image_error`).
 4. **sample** an infinite stream of batches, deterministic for a given seed (batch ``b``
    draws from the stateless seed ``(seed, b)``):
 
@@ -47,14 +51,17 @@ Example::
 from __future__ import annotations
 
 import csv
+import json
 import os
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tripletface.errors import InputError
+from tripletface import imageio as _imageio
+from tripletface.errors import ImageError, InputError
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from tripletface.config import AugmentConfig, Config
@@ -63,8 +70,15 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "FaceIndex",
     "index_folder",
+    "index_folders",
+    "source_names",
+    "exclude_identities",
     "split_by_identity",
+    "source_weights",
+    "identity_weights",
     "decode_image",
+    "read_image_tensor",
+    "image_error",
     "preprocess_image",
     "load_image",
     "load_images",
@@ -81,8 +95,9 @@ __all__ = [
     "build_train_dataset",
 ]
 
-# File name endings (lower case) indexed as images; other files are ignored.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm"})
+# File name endings (lower case, with the dot) indexed as images; other files are ignored. The one
+# list of every command (tripletface.imageio.IMAGE_EXTENSIONS): a crop that `crop` writes or reads is indexed.
+IMAGE_EXTENSIONS = frozenset("." + e for e in _imageio.IMAGE_EXTENSIONS)
 
 _DECODE_BATCH = 64
 
@@ -91,19 +106,27 @@ _DECODE_BATCH = 64
 
 @dataclass(frozen=True, eq=False)
 class FaceIndex:
-    """Image files with integer identity labels.
+    """Image files with integer identity labels, from one crop folder or several.
 
     Attributes:
         paths: image file paths, grouped by identity.
         labels: int32 ``(len(paths),)``; ``labels[i]`` indexes ``names``.
-        names: identity names (folder names), one per label.
-        root: the folder the index was made from ("" when derived).
+        names: identity names, one per label: the folder name for one source,
+            ``<source>/<folder>`` when the index holds several (so two sources'
+            ``person_1`` never merge).
+        root: the folder the index was made from ("" when derived; the first source's
+            folder for several).
+        sources: the source names (see :func:`index_folders`); empty for a one-folder index.
+        identity_source: int32 ``(len(names),)``, the source of each identity (indexes
+            ``sources``); None for a one-folder index.
     """
 
     paths: tuple
     labels: np.ndarray
     names: tuple
     root: str = ""
+    sources: tuple = ()
+    identity_source: typing.Optional[np.ndarray] = None
 
     def __post_init__(self):
         labels = np.asarray(self.labels, dtype=np.int32).reshape(-1)
@@ -111,11 +134,19 @@ class FaceIndex:
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "sources", tuple(str(n) for n in self.sources))
         if len(labels) != len(self.paths):
             raise ValueError(f"labels must have one entry per path ({len(self.paths)}), received: {len(labels)}")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.names)):
             raise ValueError(f"labels must be in [0, {len(self.names)}), received range "
                              f"[{labels.min()}, {labels.max()}]")
+        if self.identity_source is not None:
+            src = np.asarray(self.identity_source, dtype=np.int32).reshape(-1)
+            if len(src) != len(self.names) or (len(src) and (src.min() < 0 or src.max() >= len(self.sources))):
+                raise ValueError(f"identity_source must give one source in [0, {len(self.sources)}) per identity "
+                                 f"({len(self.names)}), received {len(src)} entries")
+            src.setflags(write=False)
+            object.__setattr__(self, "identity_source", src)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -126,6 +157,16 @@ class FaceIndex:
     @property
     def num_identities(self) -> int:
         return len(self.names)
+
+    @property
+    def num_sources(self) -> int:
+        return max(1, len(self.sources))
+
+    def source_ids(self) -> np.ndarray:
+        """The source of each identity, int32 ``(num_identities,)`` (all 0 for one folder)."""
+        if self.identity_source is None:
+            return np.zeros(len(self.names), np.int32)
+        return np.asarray(self.identity_source)
 
     def counts(self) -> np.ndarray:
         """Images per identity, int64 ``(num_identities,)``."""
@@ -141,8 +182,9 @@ class FaceIndex:
         new_label = np.full(len(self.names), -1, dtype=np.int64)
         new_label[keep] = np.arange(len(keep))
         rows = np.flatnonzero(new_label[self.labels] >= 0)
+        src = None if self.identity_source is None else np.asarray(self.identity_source)[keep]
         return FaceIndex(tuple(self.paths[i] for i in rows), new_label[self.labels[rows]],
-                         tuple(self.names[i] for i in keep), self.root)
+                         tuple(self.names[i] for i in keep), self.root, self.sources, src)
 
     def keep_images(self, keep) -> "FaceIndex":
         """The images where the boolean mask ``keep`` is true; identities left with none are dropped."""
@@ -150,18 +192,38 @@ class FaceIndex:
         if keep.shape != (len(self.paths),):
             raise ValueError(f"keep must have one entry per path ({len(self.paths)}), received shape: {keep.shape}")
         rows = np.flatnonzero(keep)
-        kept = FaceIndex(tuple(self.paths[i] for i in rows), self.labels[rows], self.names, self.root)
+        kept = FaceIndex(tuple(self.paths[i] for i in rows), self.labels[rows], self.names, self.root,
+                         self.sources, self.identity_source)
         return kept.subset(np.unique(kept.labels))
 
+    def source(self, s: int) -> "FaceIndex":
+        """The identities of source number ``s`` (for a one-folder index, s = 0 is all of it)."""
+        return self.subset(np.flatnonzero(self.source_ids() == s))
+
     def without(self, names: typing.Iterable[str]) -> "FaceIndex":
-        """This index minus the identities called ``names`` (unknown names are ignored)."""
+        """This index minus the identities called ``names`` (unknown names are ignored here;
+        :func:`exclude_identities` is the checked version training uses)."""
         drop = set(names)
         return self.subset(i for i, n in enumerate(self.names) if n not in drop)
 
     def describe(self) -> str:
         counts = self.counts()
-        return (f"{_plural(len(self), 'image')} of {_plural(len(self.names), 'identity')} "
+        text = (f"{_plural(len(self), 'image')} of {_plural(len(self.names), 'identity')} "
                 f"({int((counts >= 2).sum())} with 2+ images)")
+        if len(self.sources) > 1:
+            text += f" from {len(self.sources)} sources ({', '.join(self.sources)})"
+        return text
+
+    def source_summary(self) -> list[dict]:
+        """Per source: its name, images, identities and identities with 2+ images."""
+        counts, src = self.counts(), self.source_ids()
+        names = self.sources or (Path(self.root).name if self.root else "data",)
+        out = []
+        for s, name in enumerate(names):
+            mine = src == s
+            out.append({"name": name, "images": int(counts[mine].sum()), "identities": int(mine.sum()),
+                        "identities_2plus": int((counts[mine] >= 2).sum())})
+        return out
 
 
 def _plural(n: int, word: str) -> str:
@@ -255,12 +317,79 @@ def index_folder(root: str | os.PathLike) -> FaceIndex:
     return index
 
 
+def source_names(roots: typing.Sequence[str | os.PathLike]) -> tuple[str, ...]:
+    """A short unique name per source folder: its last path component, or as many trailing
+    components as it takes to tell two folders apart (``a/train`` and ``b/train``)."""
+    parts = [Path(os.path.abspath(r)).parts for r in roots]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return tuple(names)
+    raise InputError("the same training folder is listed twice in data.train_dirs: "
+                     + ", ".join(str(r) for r in roots))
+
+
+def index_folders(roots: typing.Sequence[str | os.PathLike]) -> FaceIndex:
+    """Index several crop folders as one :class:`FaceIndex` (one folder: :func:`index_folder`).
+
+    Each folder is a *source*, named by :func:`source_names`; its identities are named
+    ``<source>/<identity>``, so two sources' ``person_1`` stay two people. Labels run over
+    all sources, source by source. Time and memory are linear in the number of files (one
+    directory listing each, no decoding).
+    """
+    roots = [str(r) for r in roots]
+    if not roots:
+        raise InputError("no training folder given (data.train_dir / data.train_dirs)")
+    if len(roots) == 1:
+        return index_folder(roots[0])
+    names_of = source_names(roots)
+    paths, labels, names, src = [], [], [], []
+    for s, (root, sname) in enumerate(zip(roots, names_of)):
+        one = index_folder(root)
+        paths.extend(one.paths)
+        labels.append(np.asarray(one.labels, np.int64) + len(names))
+        names.extend(f"{sname}/{n}" for n in one.names)
+        src.extend([s] * one.num_identities)
+    return FaceIndex(tuple(paths), np.concatenate(labels), tuple(names), roots[0], names_of, np.asarray(src))
+
+
+def exclude_identities(index: FaceIndex, names: typing.Iterable[str], allow_missing: bool = False,
+                       what: str = "the exclusion list") -> tuple[FaceIndex, int]:
+    """``index`` minus the identities ``names``; returns it and how many identities were dropped.
+
+    A name is an identity folder name, which drops that identity from every source that has
+    it, or ``<source>/<identity>`` for one source only. A name found in no source is an
+    :class:`InputError` (the list is what keeps evaluation identities out of training: a
+    typo must not pass silently), unless ``allow_missing``.
+    """
+    names = [n.strip() for n in names if n and n.strip()]
+    full = {n: i for i, n in enumerate(index.names)}
+    by_folder: dict[str, list[int]] = {}
+    for i, n in enumerate(index.names):
+        by_folder.setdefault(n.rsplit("/", 1)[-1] if index.sources else n, []).append(i)
+    drop, missing = set(), []
+    for n in names:
+        if n in full:
+            drop.add(full[n])
+        elif n in by_folder:
+            drop.update(by_folder[n])
+        else:
+            missing.append(n)
+    if missing and not allow_missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{what}: identity {missing[0]!r}{more} is in no training folder; fix the list or "
+                         "pass --allow-missing (data.allow_missing_exclusions=true)")
+    keep = [i for i in range(index.num_identities) if i not in drop]
+    return index.subset(keep), len(drop)
+
+
 def split_by_identity(index: FaceIndex, val_fraction: float, seed: int) -> tuple[FaceIndex, FaceIndex]:
     """Hold out whole identities for validation; deterministic for a seed.
 
     Validation identities are drawn only among those with 2+ images:
     ``max(2, round(val_fraction * n))`` of the ``n`` such identities (at least 2, so
-    mismatched pairs exist). All other identities, single-image ones included, train.
+    mismatched pairs exist), separately in every source of a several-folder index, so
+    each source is validated. All other identities, single-image ones included, train.
     ``val_fraction == 0`` gives an empty validation index. Both indexes are relabelled
     ``0..m-1``; names keep the identities apart.
 
@@ -271,17 +400,60 @@ def split_by_identity(index: FaceIndex, val_fraction: float, seed: int) -> tuple
     if isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), received: {val_fraction!r}")
     if val_fraction == 0:
-        return index, FaceIndex((), np.zeros(0, np.int32), (), index.root)
-    eligible = index.anchor_identities()
-    n_val = max(2, int(round(val_fraction * len(eligible))))
-    if len(eligible) - n_val < 2:
-        raise InputError(f"cannot hold out {n_val} of the {len(eligible)} identities with 2+ images for "
-                         f"validation (data.val_fraction={val_fraction}) and keep 2 for training; "
-                         f"add identities or set data.val_fraction=0")
+        return index, FaceIndex((), np.zeros(0, np.int32), (), index.root, index.sources,
+                                None if index.identity_source is None else np.zeros(0, np.int32))
     rng = np.random.default_rng(seed)
-    val = np.sort(rng.choice(eligible, size=n_val, replace=False))
+    multi = index.counts() >= 2
+    src = index.source_ids()
+    val_parts = []
+    for s in range(index.num_sources):
+        eligible = np.flatnonzero(multi & (src == s))
+        n_val = max(2, int(round(val_fraction * len(eligible))))
+        if len(eligible) - n_val < 2:
+            where = f" of source {index.sources[s]}" if index.sources else ""
+            raise InputError(f"cannot hold out {n_val} of the {len(eligible)} identities with 2+ images{where} for "
+                             f"validation (data.val_fraction={val_fraction}) and keep 2 for training; "
+                             f"add identities or set data.val_fraction=0")
+        val_parts.append(rng.choice(eligible, size=n_val, replace=False))
+    val = np.sort(np.concatenate(val_parts))
     train = np.setdiff1d(np.arange(index.num_identities), val)
     return index.subset(train), index.subset(val)
+
+
+def source_weights(index: FaceIndex, weights: typing.Sequence[float] = ()) -> np.ndarray:
+    """The sampling weight of each source, normalised to sum 1.
+
+    ``weights`` (``data.source_weights``, one per source) or, when empty, each source's
+    number of identities with 2+ images, which makes every such identity equally likely
+    whatever its source (the single-folder behaviour).
+    """
+    n = index.num_sources
+    counts = np.array([row["identities_2plus"] for row in index.source_summary()], np.float64)
+    if len(weights) == 0:
+        w = counts
+    else:
+        if len(weights) != n:
+            raise InputError(f"data.source_weights has {len(weights)} weights for {n} training folders; "
+                             "give one per folder, in data.train_dirs order")
+        w = np.asarray(weights, np.float64)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise InputError(f"data.source_weights must be finite and >= 0, received: {list(weights)}")
+        w = np.where(counts > 0, w, 0.0)
+    if w.sum() <= 0:
+        raise InputError("data.source_weights leave no source to sample from")
+    return w / w.sum()
+
+
+def identity_weights(index: FaceIndex, weights: typing.Sequence[float] = ()) -> np.ndarray:
+    """Per identity with 2+ images (:meth:`FaceIndex.anchor_identities` order), the probability
+    that P×K sampling's first draw picks it: its source's weight shared equally among the
+    source's identities with 2+ images."""
+    anchors = index.anchor_identities()
+    src = index.source_ids()[anchors]
+    w = source_weights(index, weights)
+    per_source = np.bincount(src, minlength=index.num_sources).astype(np.float64)
+    p = w[src] / np.maximum(per_source[src], 1.0)
+    return p / p.sum()
 
 
 # --------------------------------------------------------------------------- decode and preprocess
@@ -296,54 +468,86 @@ def _check_size(image_size) -> tuple[int, int]:
     return h, w
 
 
-def _check(tf, condition, message: str):
-    """An assertion whose error's first line is ``message`` (eagerly and in graphs)."""
-    return tf.debugging.assert_equal(condition, True, message=message)
+# Marks an unreadable file in the error TensorFlow raises from the pipeline (see image_error).
+_IMAGE_ERROR = "tripletface-unreadable-image"
 
 
-def _decode_pgm(tf, contents):
-    """Binary PGM (P5, 8 or 16 bit) -> uint8 (h, w, 3). tf.io.decode_image has no PGM."""
-    header = tf.strings.regex_replace(tf.strings.substr(contents, 0, 256), "#[^\n]*", " ")
-    # width, height, maxval: checked to be small decimal numbers before any op sees them, so no
-    # error message quotes the file's bytes (TensorFlow cannot raise a message that is not
-    # UTF-8) and nothing overflows (found by fuzz/fuzz_images.py)
-    fields = tf.concat([tf.strings.split(header), tf.constant(["", "", ""])], 0)[1:4]
-    is_number = tf.reduce_all(tf.strings.regex_full_match(fields, "[0-9]{1,6}"))
-    with tf.control_dependencies([_check(tf, is_number, "PGM: bad header (width height maxval)")]):
-        values = tf.strings.to_number(fields, tf.int64)
-    w, h, maxval = values[0], values[1], values[2]
-    depth = tf.where(maxval > 255, tf.constant(2, tf.int64), tf.constant(1, tf.int64))
-    nbytes = w * h * depth
-    size = tf.cast(tf.strings.length(contents), tf.int64)
-    with tf.control_dependencies([
-        _check(tf, tf.logical_and(w > 0, h > 0), "PGM: width and height must be > 0"),
-        _check(tf, tf.logical_and(maxval > 0, maxval < 65536), "PGM: bad maximum value"),
-        _check(tf, size >= nbytes + 9, "PGM: file shorter than its header says"),
-    ]):
-        data = tf.strings.substr(contents, size - nbytes, nbytes)
-    pixels = tf.cond(
-        maxval > 255,
-        lambda: tf.cast(tf.io.decode_raw(data, tf.uint16, little_endian=False), tf.float32),
-        lambda: tf.cast(tf.io.decode_raw(data, tf.uint8), tf.float32))
-    pixels = tf.round(tf.clip_by_value(pixels * (255.0 / tf.cast(maxval, tf.float32)), 0.0, 255.0))
-    grey = tf.reshape(tf.cast(pixels, tf.uint8), tf.stack([h, w, 1]))
-    return tf.image.grayscale_to_rgb(grey)
+def _path_bytes(paths: typing.Sequence[str | os.PathLike]) -> list[bytes]:
+    """File names as bytes for a string tensor: every name round-trips (os.fsdecode), UTF-8 or not."""
+    return [os.fsencode(p) for p in paths]
+
+
+def _raise_for_tf(err: ImageError, name: str):
+    """Re-raise ``err`` in a ``tf.numpy_function`` as one ASCII line that :func:`image_error` parses
+    back (TensorFlow cannot carry a message that is not UTF-8, and adds its traceback after it)."""
+    raise ValueError(f"{_IMAGE_ERROR} {json.dumps([name, getattr(err, 'reason', str(err))], ensure_ascii=True)}")
+
+
+def _read_file(path) -> np.ndarray:
+    """``tf.numpy_function`` body: :func:`tripletface.imageio.read_image` of one file name (bytes)."""
+    from tripletface.imageio import read_image
+
+    if isinstance(path, np.ndarray):  # eagerly a 0-d array, in a graph the bytes themselves
+        path = path.item()
+    name = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    try:
+        return read_image(name)
+    except ImageError as e:
+        _raise_for_tf(e, name)
+
+
+def _decode_bytes(contents) -> np.ndarray:
+    from tripletface.imageio import decode_image_bytes
+
+    if isinstance(contents, np.ndarray):
+        contents = contents.item()
+    try:
+        return decode_image_bytes(contents, name="<bytes>")
+    except ImageError as e:
+        _raise_for_tf(e, "<bytes>")
+
+
+def image_error(err: BaseException) -> InputError | None:
+    """The one-line :class:`InputError` naming the file, for a TensorFlow error that the pipeline
+    raised on an unreadable image (streamed files are read at the step that samples them);
+    None for any other error."""
+    import re
+
+    text = getattr(err, "message", None) or str(err)
+    found = re.search(re.escape(_IMAGE_ERROR) + r" (\[[^\n]*?\])(?=\n|$)", text)
+    if not found:
+        return None
+    try:
+        name, reason = json.loads(found.group(1))
+    except (ValueError, TypeError):
+        return None
+    return InputError(f"{name}: unreadable image ({reason}); fix or remove the file and run again")
 
 
 def decode_image(contents):
     """Encoded image bytes (scalar string tensor) -> uint8 ``(h, w, 3)`` RGB tensor.
 
-    JPEG, PNG, BMP, GIF (first frame), WebP via ``tf.io.decode_image``; binary PGM (P5) by
-    a small parser. Greyscale becomes three equal channels, alpha is dropped.
+    :func:`tripletface.imageio.decode_image_bytes` in a ``tf.numpy_function``: the one decoder
+    of every command (Pillow; EXIF orientation applied, greyscale and 16-bit made 8-bit RGB,
+    alpha composited on white), so training sees the pixels ``embed``, ``evaluate`` and the
+    service see. An undecodable file raises ``tf.errors.InvalidArgumentError`` (see
+    :func:`image_error`).
     """
     import tensorflow as tf
 
     contents = tf.convert_to_tensor(contents, tf.string)
-    is_pgm = tf.equal(tf.strings.substr(contents, 0, 2), "P5")
-    image = tf.cond(
-        is_pgm,
-        lambda: _decode_pgm(tf, contents),
-        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8))
+    image = tf.numpy_function(_decode_bytes, [contents], tf.uint8, stateful=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def read_image_tensor(path):
+    """One file (scalar string tensor, or str) -> uint8 ``(h, w, 3)`` RGB tensor, read by
+    :func:`tripletface.imageio.read_image` (as :func:`decode_image`, from the file)."""
+    import tensorflow as tf
+
+    if not tf.is_tensor(path):
+        path = tf.constant(os.fsencode(path))
+    image = tf.numpy_function(_read_file, [path], tf.uint8, stateful=False)
     return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -367,36 +571,17 @@ def preprocess_image(image, image_size):
 
 def load_image(path, image_size):
     """Read, decode and preprocess one file (string tensor or str) -> float32 ``(H, W, 3)``."""
-    import tensorflow as tf
-
-    return preprocess_image(decode_image(tf.io.read_file(path)), image_size)
-
-
-def _first_line_of_tf_error(err: Exception) -> str:
-    text = getattr(err, "message", None) or str(err)
-    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    if text.startswith("{{function_node"):
-        text = text.split("}}", 1)[-1].strip()
-    return text.split(" [Op:")[0].strip() or type(err).__name__
+    return preprocess_image(read_image_tensor(path), image_size)
 
 
 def _why_unreadable(path: str) -> str:
-    """Decode one file eagerly to report why it failed."""
-    import tensorflow as tf
+    """Read one file again to report why it failed: the reason :func:`tripletface.imageio.read_image` gives."""
+    from tripletface.imageio import read_image
 
-    if not os.path.exists(path):
-        return "file not found"
     try:
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
-        decode_image(tf.io.read_file(path))
-    except (tf.errors.OpError, OSError) as e:
-        reason = _first_line_of_tf_error(e)
-        if reason.startswith("Unknown image file format"):
-            return "not a JPEG, PNG, BMP, GIF, WebP or binary PGM image"
-        return reason
-    except UnicodeDecodeError:  # a TensorFlow error message quoting the file's non-UTF-8 bytes
-        return "corrupt image data"
+        read_image(path)
+    except ImageError as e:
+        return getattr(e, "reason", None) or str(e)
     return "cannot be decoded"
 
 
@@ -410,7 +595,7 @@ def _decode_all(paths: typing.Sequence[str], image_size=None, what: str = "image
     import tensorflow as tf
     from tqdm import tqdm
 
-    paths = [str(p) for p in paths]
+    paths = [os.fspath(p) for p in paths]
     n = len(paths)
     out = np.zeros((n, *image_size, 3), np.uint8) if image_size is not None else None
     if n == 0:
@@ -421,9 +606,9 @@ def _decode_all(paths: typing.Sequence[str], image_size=None, what: str = "image
             return i, tf.cast(load_image(p, image_size), tf.uint8)
     else:
         def fn(i, p):
-            return i, tf.shape(decode_image(tf.io.read_file(p)))
+            return i, tf.shape(read_image_tensor(p))
 
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), paths))
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), tf.constant(_path_bytes(paths))))
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
     ds = ds.batch(_DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
     seen = np.zeros(n, bool)
@@ -467,7 +652,7 @@ def make_eval_dataset(paths: typing.Sequence[str], image_size, batch_size: int):
     size = _check_size(image_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, received: {batch_size!r}")
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant([str(p) for p in paths], dtype=tf.string))
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(_path_bytes(paths), dtype=tf.string))
     ds = ds.map(lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -483,7 +668,15 @@ def _cache_budget_bytes() -> int:
 
 
 class _ImageSource:
-    """Where sampled image ids become float32 images: an in-memory uint8 tensor or files."""
+    """Where sampled image ids become float32 images.
+
+    With ``cache``, the first images (in id order) that fit the budget (a quarter of RAM, or
+    ``max_cache_bytes``) are decoded once at set-up into one uint8 tensor, which also checks
+    them (an unreadable one is an :class:`InputError` before any step). The rest -- all of
+    them without ``cache`` -- are streamed: read from disk when sampled, with no pass over
+    them at set-up, so an unreadable one stops the step that samples it with an error that
+    :func:`image_error` turns into a one-line :class:`InputError` naming the file.
+    """
 
     def __init__(self, paths: typing.Sequence[str], image_size, cache: bool, what: str = "images",
                  max_cache_bytes: int | None = None):
@@ -491,22 +684,33 @@ class _ImageSource:
 
         self.image_size = _check_size(image_size)
         h, w = self.image_size
-        needed = len(paths) * h * w * 3
+        paths = list(paths)
         budget = _cache_budget_bytes() if max_cache_bytes is None else max_cache_bytes
-        self.cached = bool(cache) and needed <= budget
-        if self.cached:
-            # decodes every file once, which also checks them
-            self._images = tf.convert_to_tensor(_decode_all(paths, self.image_size, what))
-        else:
-            _decode_all(paths, None, what)
-            self._paths = tf.constant([str(p) for p in paths], dtype=tf.string)
+        self.n_cached = min(len(paths), max(0, int(budget)) // (h * w * 3)) if cache else 0
+        self.cached = self.n_cached == len(paths)
+        if self.n_cached or self.cached:
+            self._images = tf.convert_to_tensor(_decode_all(paths[:self.n_cached], self.image_size, what))
+        if not self.cached:
+            if cache:
+                print(f"data: {self.n_cached} of {len(paths)} {what} fit the in-memory cache "
+                      f"({budget / 2**30:.1f} GiB); the other {len(paths) - self.n_cached} are read from disk "
+                      "when sampled", file=sys.stderr)
+            self._paths = tf.constant(_path_bytes(paths[self.n_cached:]), dtype=tf.string)
 
     def load(self, image_id):
         import tensorflow as tf
 
         if self.cached:
             return tf.cast(tf.gather(self._images, image_id), tf.float32)
-        return load_image(tf.gather(self._paths, image_id), self.image_size)
+        n = self.n_cached
+
+        def from_file():
+            return load_image(tf.gather(self._paths, tf.cast(image_id, tf.int64) - n), self.image_size)
+
+        if not n:
+            return from_file()
+        return tf.cond(tf.cast(image_id, tf.int64) < n,
+                       lambda: tf.cast(tf.gather(self._images, image_id), tf.float32), from_file)
 
 
 def _layout(index: FaceIndex):
@@ -547,7 +751,7 @@ def _augmented(source: _ImageSource, aug_cfg, image_size):
 
 def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "AugmentConfig | None" = None,
                     seed: int = 0, cache: bool = True, max_cache_bytes: int | None = None,
-                    singletons: float = 0.0):
+                    singletons: float = 0.0, weights: np.ndarray | None = None):
     """Infinite P×K batches: ``images`` float32 ``(P*K, H, W, 3)`` in [0, 255], ``labels`` int32 ``(P*K,)``.
 
     Batch ``b`` draws, from the stateless seed ``(seed, b)``, P distinct identities among
@@ -561,6 +765,11 @@ def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "Augm
     single-image identities, shown K times under different augmentations: their
     "positives" are augmented views of one photo (instance discrimination), which puts
     the thousands of one-photo identities of a set like LFW to work as more than negatives.
+
+    ``weights`` (one per identity with 2+ images, in :meth:`FaceIndex.anchor_identities`
+    order; see :func:`identity_weights`) makes the P identities a weighted draw without
+    replacement (Gumbel top-k: the P largest of ``log w + Gumbel noise``), e.g. to give each
+    source of a several-folder index its share; None or equal weights is the uniform draw.
 
     Raises:
         InputError: P is larger than the number of identities with 2+ images, or an
@@ -594,11 +803,25 @@ def make_pk_dataset(index: FaceIndex, p: int, k: int, image_size, aug_cfg: "Augm
     order_t, starts_t, counts_t = (tf.constant(a, tf.int64) for a in (order, starts, counts))
     labels_t = tf.constant(index.labels, tf.int32)
     n_anchor = len(anchors)
+    log_w = None
+    if weights is not None:
+        weights = np.asarray(weights, np.float64).reshape(-1)
+        if weights.shape != (n_anchor,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError(f"weights must be {n_anchor} finite values >= 0 (one per identity with 2+ images), "
+                             f"received shape {weights.shape}")
+        if int((weights > 0).sum()) < p_multi:
+            raise InputError(f"P={p_multi} identities per batch but only {int((weights > 0).sum())} identities "
+                             "have a sampling weight > 0 (data.source_weights)")
+        if not np.allclose(weights, weights.max()):
+            log_w = tf.constant(np.log(np.maximum(weights, 1e-300)) + np.where(weights > 0, 0.0, -1e30), tf.float32)
 
     def sample(b):
         keys = tf.random.experimental.stateless_split(_key(tf, seed, b), 5)
-        # P distinct identities: the P largest of n_anchor uniform keys
-        pick = tf.math.top_k(tf.random.stateless_uniform([n_anchor], keys[0]), p_multi).indices
+        # P distinct identities: the P largest of n_anchor uniform keys (weighted: log w + Gumbel noise)
+        u = tf.random.stateless_uniform([n_anchor], keys[0], minval=1e-12, maxval=1.0)
+        if log_w is not None:
+            u = log_w - tf.math.log(-tf.math.log(u))
+        pick = tf.math.top_k(u, p_multi).indices
         ids = tf.gather(anchors_t, pick)
         if p_single:
             pick1 = tf.math.top_k(tf.random.stateless_uniform([n_single], keys[4]), p_single).indices
@@ -960,7 +1183,8 @@ def build_train_dataset(cfg: "Config", index: FaceIndex | None = None):
     """The training dataset ``cfg`` asks for (``data.source`` × ``data.sampling``).
 
     ``index`` is the training index (after :func:`split_by_identity`); when None it is
-    made from ``data.train_dir``. P = ``cfg.data.p``, K = ``cfg.data.k``; triplet modes
+    made from ``data.train_dir`` (or ``data.train_dirs``). P×K batches over several sources
+    draw identities with ``data.source_weights`` (:func:`identity_weights`). P = ``cfg.data.p``, K = ``cfg.data.k``; triplet modes
     take ``data.batch_size`` triplets per batch. ``triplets_file`` paths are relative to
     ``data.train_dir`` and triplets touching identities outside ``index`` are left out.
     """
@@ -973,10 +1197,11 @@ def build_train_dataset(cfg: "Config", index: FaceIndex | None = None):
     if data.source != "folder":
         raise ValueError(f"data.source must be folder or synthetic, received: {data.source!r}")
     if index is None:
-        index = index_folder(data.train_dir)
+        index = index_folders(data.dirs)
     if data.sampling == "pk":
+        weights = identity_weights(index, data.source_weights) if index.num_sources > 1 else None
         return make_pk_dataset(index, data.p, data.k, size, cfg.augment, data.seed, cache=data.cache,
-                               singletons=data.singletons)
+                               singletons=data.singletons, weights=weights)
     if data.sampling == "triplets":
         return make_triplet_dataset(index, data.batch_size, size, cfg.augment, data.seed, cache=data.cache)
     if data.sampling == "triplets_file":

@@ -4,11 +4,17 @@ crop (all of lfw-dev, resumable) -> train a short preset on the identities *outs
 fold -> evaluate on that fold's pairs of ``lfw-dev-pairs.txt`` -> compare two photos -> report.
 Data comes from ``--data``, else ``$TRIPLETFACE_DATA``, else ``../shared/data`` (a folder holding
 ``lfw-dev/`` and ``lfw-dev-pairs.txt``).
+
+stdout gets a few summary lines (accuracy on the held-out fold, the two comparisons, where the
+report is); each step's own output and progress go to stderr. All the numbers are written to
+``OUT/report/demo.json`` (``OUT/demo.json`` with ``--crop-only``), and printed instead of the
+summary with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,13 +26,18 @@ from tripletface.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli import add_config_arguments
+    from tripletface.cli import add_config_arguments, number
 
     parser.add_argument("--data", default=None, help="folder with lfw-dev/ and lfw-dev-pairs.txt")
-    parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--holdout-fold", type=int, default=1, help="pairs fold to hold out and score (1-based)")
+    parser.add_argument("--output", "--out", dest="out", default="runs/demo", metavar="DIR",
+                        help="output folder (default: runs/demo)")
+    parser.add_argument("--holdout-fold", type=number(int, 1), default=1,
+                        help="pairs fold to hold out and score (1-based)")
     parser.add_argument("--crop-only", action="store_true", help="stop after cropping")
-    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON object (it is written to OUT/report/demo.json "
+                             "either way)")
+    add_config_arguments(parser, default_preset="demo")
 
 
 def find_data(explicit: str | None = None, download_to: Path | None = None) -> tuple[Path, Path]:
@@ -77,7 +88,12 @@ def _step(title: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tripletface.cli import main as cli
+    from tripletface.cli import main as cli_main
+
+    def cli(argv: list[str]) -> int:
+        """A step's own output goes to stderr with the progress: stdout is the demo's summary."""
+        with contextlib.redirect_stdout(sys.stderr):
+            return cli_main(argv)
 
     lfw, pairs_file = find_data(args.data)
     out = Path(args.out)
@@ -90,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         return rc
     summary["crop_seconds"] = round(time.time() - t0, 1)
     if args.crop_only:
-        print(json.dumps(summary))
+        summary["cropped"] = str(cropped)
+        _finish(summary, [f"cropped {lfw} -> {cropped} in {summary['crop_seconds']:.0f} s "
+                          f"(manifest: {cropped / 'manifest.jsonl'})"], out / "demo.json", args.json)
         return 0
     if not pairs_file.is_file():
         raise InputError(f"{pairs_file}: pairs file not found")
@@ -119,19 +137,48 @@ def run(args: argparse.Namespace) -> int:
     if rc != 0:
         return rc
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]
-    summary.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer") if k in metrics})
+    summary.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer", "n_pairs")
+                    if k in metrics})
 
     _step("compare two photos (raw, detected and aligned with the model's settings)")
+    from tripletface.compare import compare
+    from tripletface.embedder import Embedder
     from tripletface.pairs import pair_paths, read_pairs
 
     sel = read_pairs(fold_pairs)
+    embedder = Embedder.load(model)
+    summary["compare"] = []
     for p in (next(p for p in sel if p.same), next(p for p in sel if not p.same)):
         a, b = pair_paths(lfw, p)
-        print(f"{a.name} vs {b.name} (truly {'same' if p.same else 'different'}):", file=sys.stderr)
-        rc = cli(["compare", str(a), str(b), "--model", str(model)])
-        if rc not in (0,):
-            return rc
+        r = compare(embedder, a, b)
+        summary["compare"].append({**r, "truly": "same" if p.same else "different"})
     summary["model"] = str(model)
     summary["report"] = str(report / "report.html")
-    print(json.dumps(summary, indent=2))
+    lines = [f"accuracy {summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f}  AUC {summary['auc']:.4f}  "
+             f"EER {summary['eer']:.4f}  on fold {args.holdout_fold} of {pairs_file.name} "
+             f"({summary.get('n_pairs', n_pairs)} pairs of {n_ids} identities never trained on)"]
+    for c in summary["compare"]:
+        right = "right" if c["verdict"] == c["truly"] else "wrong"
+        lines.append(f"{Path(c['image_a']).name} vs {Path(c['image_b']).name} (truly {c['truly']}): "
+                     f"distance {c['distance']:.4f}, threshold {c['threshold']:.4f} -> {c['verdict']} ({right})")
+    lines.append(f"model: {model}")
+    lines.append(f"report: {summary['report']} (all numbers: {report / 'demo.json'})")
+    _finish(summary, lines, report / "demo.json", args.json)
     return 0
+
+
+def _finish(summary: dict, lines: list[str], json_path: Path, as_json: bool) -> None:
+    """Write the summary JSON to ``json_path``; print ``lines`` (or, with ``--json``, the JSON) on stdout."""
+    from tripletface.errors import os_error
+    from tripletface.report import to_jsonable
+
+    text = json.dumps(to_jsonable(summary), indent=2) + "\n"
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise os_error(e, "the demo summary") from None
+    if as_json:
+        sys.stdout.write(text)
+    for line in lines:
+        print(line, file=sys.stderr if as_json else sys.stdout)

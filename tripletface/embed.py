@@ -9,7 +9,8 @@ The ``.npz`` maps each image's path relative to INPUT_DIR, without extension and
 plain arrays only (``np.load(f, allow_pickle=False)`` reads it). Images that fail are
 listed in the sidecar ``<output stem>.failures.jsonl``, one JSON object a line with
 ``key``, ``path``, ``status`` and ``reason``, never silently dropped; the sidecar is
-written (possibly empty) on every run, so it never describes an older run.
+written (possibly empty) on every run, so it never describes an older run. An ``--output`` inside
+INPUT_DIR is refused before anything is written.
 
 Example::
 
@@ -28,21 +29,26 @@ import numpy as np
 
 from tripletface.atomic import replaced_atomically
 from tripletface.errors import DiskFullError, InputError, disk_full
+from tripletface.folders import check_apart
 
 __all__ = ["add_arguments", "run", "list_images", "image_key", "output_paths", "write_npz_atomic"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (searched recursively)")
+    from tripletface.cli import add_flip_argument, add_input_argument, add_progress_argument, number
+
+    add_input_argument(parser, "folder of images (searched recursively)")
     parser.add_argument("--output", required=True, help="the .npz to write (.npz is appended if missing)")
     parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
     parser.add_argument("--aligned", action="store_true", help="inputs are aligned crops: use them as they are")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--batch-size", type=number(int, 1), default=64, help="images per forward pass (default 64)")
+    add_flip_argument(parser)
+    add_progress_argument(parser)
 
 
 def list_images(root: Path) -> list[Path]:
     """Image files under ``root``, recursively, sorted; hidden files and folders are skipped."""
-    from tripletface.imageio import is_image_file
+    from tripletface.imageio import IMAGE_EXTENSIONS, is_image_file
 
     root = Path(root)
     if not root.is_dir():
@@ -51,7 +57,7 @@ def list_images(root: Path) -> list[Path]:
                    if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
                    and (p.is_file() or p.is_symlink()))
     if not files:
-        raise InputError(f"{root}: no images found (extensions: jpg, jpeg, png, bmp, webp, pgm, ppm, tif, tiff)")
+        raise InputError(f"{root}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
 
 
@@ -77,13 +83,12 @@ def write_npz_atomic(path: Path, arrays: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from tripletface.embedder import Embedder, Failure, print_failures
 
-    if args.batch_size <= 0:
-        raise InputError(f"--batch-size must be > 0, received: {args.batch_size}")
     root = Path(args.input_dir)
     files = list_images(root)
     out, side = output_paths(args.output)
     if out.is_dir():
         raise InputError(f"{out}: --output is a folder; give a file name ending in .npz")
+    check_apart(root, out, "INPUT_DIR", "--output")  # never written into the photos folder
 
     # Keys must be unique: a/x.jpg and a/x.png would both be "a/x". Keep the first, list the rest.
     seen: dict[str, Path] = {}
@@ -96,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
             seen[k] = p
             unique.append(p)
 
-    embedder = Embedder.load(args.model, batch_size=args.batch_size)
-    vectors, failures = embedder.embed_files(unique, aligned=args.aligned, progress=True)
+    embedder = Embedder.load(args.model, batch_size=args.batch_size, flip_tta=args.flip_tta)
+    vectors, failures = embedder.embed_files(unique, aligned=args.aligned, progress=args.progress)
     failed = {f.path for f in failures}
     arrays = {image_key(root, p): vectors[i] for i, p in enumerate(unique) if str(p) not in failed}
     failures = failures + duplicates

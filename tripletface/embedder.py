@@ -210,7 +210,7 @@ class Embedder:
         t = self.threshold
         if t is None:
             raise ModelError(f"{self.name}: model has no stored decision threshold; pass --threshold, or run "
-                             f"`tripletface calibrate --model {self.name} --data-dir DIR --pairs PAIRS`")
+                             f"`tripletface calibrate --model {self.name} --data-dir DIR --pairs PAIRS --in-place`")
         return t, str(self.metadata.get("threshold_source") or "stored in the model")
 
     # ------------------------------------------------------------------ preprocessing

@@ -45,6 +45,25 @@ class DiskFullError(TripletfaceError):
     exit_code = 7
 
 
+class OutputError(TripletfaceError):
+    """An output file or folder that cannot be written (read-only, permission denied, a file in
+    the way of a folder) or another operating-system error; nothing half-written is left."""
+
+    exit_code = 8
+
+
+def os_error(e: OSError, what: str | None = None) -> TripletfaceError:
+    """The one-line error for an :class:`OSError` met while writing ``what`` (e.g. "the report"):
+    :class:`DiskFullError` when the disk or quota is full, else :class:`OutputError`."""
+    where = e.filename if getattr(e, "filename", None) else None
+    reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    head = f"{where}: " if where is not None else ""
+    if disk_full(e):
+        return DiskFullError(f"{head}no space left on device" + (f" while writing {what}" if what else "")
+                             + "; free some space and run again")
+    return OutputError(f"{head}" + (f"cannot write {what}: " if what else "") + reason)
+
+
 def disk_full(e: BaseException) -> bool:
     """An error that means the disk (or quota) is full, from Python (errno) or from TensorFlow (text)."""
     import errno

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from tripletface.errors import InputError, ModelError
+from tripletface.folders import check_apart
 
 __all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_NAME", "ONNX_OPSET", "build_serving_function", "export_model",
            "metadata_path", "read_export_metadata", "load_exported", "ExportedModel", "add_arguments", "run"]
@@ -242,6 +243,9 @@ def export_model(model, out, fmt: str, quantize: str | None = None, flip_tta: bo
     suffix = {"tflite": ".tflite", "onnx": ".onnx"}.get(fmt)
     if suffix and out.suffix != suffix:
         raise InputError(f"{out}: a {fmt} export must end in {suffix}")
+    source = model if isinstance(model, (str, os.PathLike)) else getattr(model, "path", None)
+    if source:
+        check_apart(source, out, "the model", "OUT")  # --overwrite must never delete the model it exports
     if out.exists() and not overwrite:
         raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
     if isinstance(model, Embedder):
@@ -365,22 +369,23 @@ def load_exported(path) -> ExportedModel:
 # --------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tripletface.cli import add_flip_argument
+
     parser.add_argument("out", metavar="OUT", help="SavedModel folder, or .tflite / .onnx file to write")
     parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, required=True, help="artifact format")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="tflite only: int8 (dynamic-range: int8 weights) or float16 weights")
-    tta = parser.add_mutually_exclusive_group()
-    tta.add_argument("--flip-tta", dest="flip_tta", action="store_true", default=None,
-                     help="average each face with its mirror image inside the graph (default: the model's setting)")
-    tta.add_argument("--no-flip-tta", dest="flip_tta", action="store_false")
+    add_flip_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tripletface.embedder import Embedder
+    from tripletface.embedder import Embedder, resolve_model_path
 
     out = Path(args.out)
+    model_path = resolve_model_path(args.model)
+    check_apart(model_path, out, "the model", "OUT")  # --overwrite must never delete the model it exports
     if out.exists() and not args.overwrite:  # fail before loading anything
         raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
     if args.quantize and args.fmt != "tflite":

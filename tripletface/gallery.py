@@ -7,7 +7,8 @@ A gallery is a plain ``.npz`` of four arrays, readable with ``np.load(G, allow_p
 * ``keys``       -- (N,) str, ``identity/image`` without extension: enrolling the same image
   again replaces its row instead of adding one, so enrolling is idempotent;
 * ``meta``       -- a JSON string: format, the fingerprint of the model's weights, dimension,
-  metric and the search index.
+  metric and the search index; after ``calibrate --gallery`` also the open-set ``threshold``,
+  its ``threshold_source`` and the ``calibration`` record.
 
 A gallery built by another model (other weights), or edited so that its arrays disagree, is
 refused with a one-line error. Writes are atomic and serialised by a lock file beside the
@@ -17,8 +18,18 @@ Search is exact (brute force, NumPy) by default. ``enroll --index faiss`` makes 
 use an approximate FAISS HNSW index (``pip install 'tripletface[faiss]'``), saved beside it as
 ``G.<checksum>.faiss`` (named after the rows it indexes, so it is never stale) and rebuilt
 on every enroll; ``identify`` follows the gallery's choice unless
-``--index`` says otherwise. The answer is the nearest identity when its distance is under the
-model's threshold, else ``unknown``.
+``--index`` says otherwise.
+
+The answer is the nearest identity when its distance is under the threshold, else
+``unknown``. Open-set 1:N search needs its own threshold: the more identities a gallery
+holds, the likelier a stranger lands near one of them, so the 1:1 verification threshold
+stored in the model lets false identifications grow with the gallery.
+``tripletface calibrate --gallery G --probes DIR --target fpir=0.01`` embeds photos of
+people *not* enrolled, searches each in the gallery and stores in ``meta`` the largest
+threshold at which at most that fraction of them would be identified as someone (the false
+positive identification rate, FPIR), with how it was chosen. ``identify`` (and the service's
+``/identify``) use, in this order: ``--threshold``, the gallery's calibrated threshold, the
+model's 1:1 threshold; and say which (with a note when the gallery changed since calibration).
 """
 
 from __future__ import annotations
@@ -39,9 +50,11 @@ import numpy as np
 
 from tripletface.atomic import replaced_atomically
 from tripletface.errors import DiskFullError, InputError, ModelError, disk_full
+from tripletface.folders import check_apart
 
 __all__ = ["FORMAT", "INDEXES", "Gallery", "gallery_path", "load_gallery", "save_gallery", "locked",
-           "check_model", "nearest_identities", "enroll", "identify", "add_arguments_for", "run_for"]
+           "check_model", "nearest_identities", "enroll", "identify", "search_threshold", "threshold_at_fpir",
+           "calibrate_gallery", "add_arguments_for", "run_for"]
 
 FORMAT = "tripletface-gallery/1"
 INDEXES = ("exact", "faiss")
@@ -158,6 +171,10 @@ def load_gallery(path) -> Gallery:
         raise ModelError(f"{path}: gallery holds duplicate keys; re-enroll into a new gallery")
     if meta.get("index", "exact") not in INDEXES:
         raise ModelError(f"{path}: unknown index {meta.get('index')!r} (known: {', '.join(INDEXES)})")
+    t = meta.get("threshold")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf")):
+        raise ModelError(f"{path}: gallery threshold must be a finite number >= 0, found {t!r}; "
+                         "recalibrate with `tripletface calibrate --gallery`")
     return Gallery(emb.astype(np.float32), names, keys, meta)
 
 
@@ -344,6 +361,7 @@ def enroll(embedder, input_dir, gallery, aligned: bool = False, index: str | Non
     if index is not None and index not in INDEXES:
         raise InputError(f"--index must be one of {', '.join(INDEXES)}, received: {index!r}")
     root = Path(input_dir)
+    check_apart(root, gallery_path(gallery), "the input folder", "--gallery")  # never written into DIR
     all_files = list_images(root)
     files = [p for p in all_files if len(p.relative_to(root).parts) >= 2]
     skipped = [p for p in all_files if len(p.relative_to(root).parts) < 2]
@@ -379,14 +397,108 @@ def enroll(embedder, input_dir, gallery, aligned: bool = False, index: str | Non
             "index": g.meta.get("index", "exact")}
 
 
+def search_threshold(g: Gallery, embedder, override: float | None = None, path=None) -> tuple[float, str]:
+    """``(threshold, where it came from)`` for 1:N search in ``g``: ``override``, else the
+    gallery's calibrated threshold, else the model's 1:1 verification threshold (said so)."""
+    from tripletface.embedder import check_threshold
+
+    if override is not None:
+        return check_threshold(override), "--threshold"
+    t = g.meta.get("threshold")
+    if t is not None:
+        source = f"gallery calibration: {g.meta.get('threshold_source') or 'stored in the gallery'}"
+        cal = g.meta.get("calibration") or {}
+        if cal.get("gallery_checksum") not in (None, g.checksum()):
+            source += (f"; the gallery changed since (it held {cal.get('gallery_identities', '?')} identities, now "
+                       f"{len(g.identities)}): recalibrate")
+        return float(t), source
+    t, source = embedder.decision_threshold(None)
+    return t, (f"the model's 1:1 verification threshold ({source}); not calibrated for 1:N search: run "
+               f"`tripletface calibrate --gallery {path or 'G'} --probes DIR`")
+
+
+def threshold_at_fpir(nearest, fpir: float) -> tuple[float, float, bool]:
+    """The largest threshold at which at most ``fpir`` of the non-mated probes are identified.
+
+    ``nearest``: each probe's distance to its nearest gallery identity (a probe is identified,
+    falsely, when that distance is < the threshold). Returns ``(threshold, fpir reached,
+    reachable)``; ``reachable`` is False when ``fpir < 1 / probes`` (no probe may be identified:
+    the threshold is the smallest distance, an estimate). Thresholds are the midpoints between
+    distinct distances, as in :func:`tripletface.verification.far_point`.
+    """
+    from tripletface.verification import _candidate_thresholds
+
+    d = np.sort(np.asarray(nearest, np.float64))
+    if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
+        raise ValueError(f"nearest must be a non-empty 1-D array of finite distances, received shape {d.shape}")
+    if not 0 < fpir < 1:
+        raise ValueError(f"fpir must be in (0, 1), received: {fpir!r}")
+    allowed = int(np.floor(fpir * d.size + 1e-9))
+    candidates = _candidate_thresholds(d)
+    identified = np.searchsorted(d, candidates, side="left")  # probes with distance < t
+    t = float(candidates[np.flatnonzero(identified <= allowed)[-1]])
+    return t, float(np.mean(d < t)), allowed >= 1
+
+
+def calibrate_gallery(embedder, gallery, probes_dir, fpir: float = 0.01, aligned: bool = False,
+                      progress: bool = False) -> dict:
+    """Choose ``gallery``'s open-set threshold at a target FPIR on photos of people not enrolled.
+
+    ``probes_dir``: ``DIR/<identity>/<image>`` (or images directly in DIR) of people who are
+    not in the gallery; a probe folder named like an enrolled identity is refused. Each probe
+    is searched in the gallery (exact search); the threshold is :func:`threshold_at_fpir` of
+    their nearest distances. It is stored in the gallery's meta (``threshold``,
+    ``threshold_source``, ``calibration``) with one atomic rewrite under the gallery's lock;
+    the rows are unchanged. Returns the values stored plus ``failures`` (probes not embedded).
+    """
+    from tripletface.embed import list_images
+
+    root = Path(probes_dir)
+    files = list_images(root)
+    if not files:
+        raise InputError(f"{root}: no probe images (expected {root}/<identity>/<image>)")
+    path = gallery_path(gallery)
+    g = load_gallery(path)
+    check_model(g, embedder, path)
+    if len(g) == 0:
+        raise InputError(f"{path}: the gallery is empty; enroll people first")
+    probe_ids = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) >= 2}
+    enrolled = sorted(probe_ids & set(g.identities))
+    if enrolled:
+        raise InputError(f"{root}: probes must be of people not enrolled, but {len(enrolled)} probe folders are "
+                         f"gallery identities ({', '.join(enrolled[:5])}{', ...' if len(enrolled) > 5 else ''})")
+    vectors, failures = embedder.embed_files(files, aligned=aligned, progress=progress)
+    ok = np.flatnonzero(np.all(np.isfinite(vectors), axis=1))
+    if ok.size == 0:
+        raise InputError(f"{root}: no probe could be embedded ({len(failures)} failed)")
+    with locked(path):
+        g = load_gallery(path)  # again, under the lock: an enroll may have written it meanwhile
+        check_model(g, embedder, path)
+        nearest = np.array([nearest_identities(g, vectors[i], 1)[0][1] for i in ok])
+        t, reached, reachable = threshold_at_fpir(nearest, fpir)
+        source = (f"tripletface calibrate --target fpir={fpir:g} on {ok.size} probes of people not enrolled "
+                  f"(FPIR {reached:.4f}; gallery of {len(g.identities)} identities)"
+                  + ("" if reachable else f"; target below 1/{ok.size} probes: not measurable, FPIR 0 on them"))
+        cal = {"probes": str(root), "target": f"fpir={fpir:g}", "fpir_target": float(fpir), "fpir": reached,
+               "fpir_reachable": bool(reachable), "probes_used": int(ok.size), "probes_failed": len(failures),
+               "probe_identities": len(probe_ids), "aligned": bool(aligned), "flip_tta": embedder.flip_tta,
+               "gallery_identities": len(g.identities), "gallery_size": len(g), "gallery_checksum": g.checksum(),
+               "model_threshold": embedder.threshold, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        g.meta.update(threshold=t, threshold_source=source, calibration=cal)
+        save_gallery(g, path)
+    return {"gallery": str(path), "threshold": t, "threshold_source": source, "calibration": cal,
+            "failures": failures}
+
+
 def identify(embedder, gallery, image, top_k: int = 5, threshold: float | None = None, aligned: bool = False,
              index: str | None = None, loaded: Gallery | None = None) -> dict:
     """Nearest identities of the face in ``image`` -> a JSON-ready result dict.
 
     ``gallery`` is the gallery file (``loaded``: its contents, when already read). ``identity``
     is the nearest identity when its distance is under the threshold (``threshold``, else the
-    model's), else ``"unknown"``; ``matches`` lists up to ``top_k`` identities with their
-    distances and whether each is under the threshold.
+    gallery's calibrated one, else the model's 1:1 one: see :func:`search_threshold`; its
+    source is in ``threshold_source``), else ``"unknown"``; ``matches`` lists up to ``top_k``
+    identities with their distances and whether each is under the threshold.
     """
     from tripletface.compare import check_image_file
 
@@ -398,7 +510,7 @@ def identify(embedder, gallery, image, top_k: int = 5, threshold: float | None =
     path = gallery_path(gallery)
     g = loaded if loaded is not None else load_gallery(path)
     check_model(g, embedder, path)
-    threshold, source = embedder.decision_threshold(threshold)
+    threshold, source = search_threshold(g, embedder, threshold, path)
     index = index or g.meta.get("index", "exact")
     faiss_index = _load_faiss(g, path) if index == "faiss" and len(g) else None
     vectors, failures = embedder.embed_files([image], aligned=aligned)
@@ -417,19 +529,23 @@ def identify(embedder, gallery, image, top_k: int = 5, threshold: float | None =
 
 
 def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
+    from tripletface.cli import add_input_argument, add_progress_argument, number
+
     parser.add_argument("--gallery", required=True, help="gallery file (.npz; the suffix is added if missing)")
     parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
     parser.add_argument("--aligned", action="store_true", help="inputs are aligned crops: skip detection")
     if name == "enroll":
-        parser.add_argument("input_dir", metavar="DIR", help="one folder per identity: DIR/<identity>/<image>")
+        add_input_argument(parser, "one folder per identity: INPUT_DIR/<identity>/<image>")
+        add_progress_argument(parser)
         parser.add_argument("--index", choices=INDEXES, default=None,
                             help="search index the gallery uses: exact (default for a new gallery) or faiss "
                                  "(approximate, for very large galleries; needs faiss-cpu)")
     else:
-        parser.add_argument("image", metavar="IMG")
-        parser.add_argument("--top-k", type=int, default=5, help="how many identities to list (default 5)")
-        parser.add_argument("--threshold", type=float, default=None,
-                            help="decision threshold (default: the one stored in the model)")
+        parser.add_argument("image", metavar="IMG", help="a photo (or an aligned crop with --aligned)")
+        parser.add_argument("--top-k", type=number(int, 1), default=5, help="how many identities to list (default 5)")
+        parser.add_argument("--threshold", type=number(float, 0), default=None,
+                            help="decision threshold (default: the gallery's, from `tripletface calibrate "
+                                 "--gallery`, else the model's 1:1 verification threshold)")
         parser.add_argument("--index", choices=INDEXES, default=None,
                             help="search with this index (default: the gallery's)")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -445,8 +561,9 @@ def _enroll_cmd(args) -> int:
     root = Path(args.input_dir)
     if not root.is_dir():
         raise InputError(f"{root}: input folder not found" if not root.exists() else f"{root}: not a folder")
+    check_apart(root, gallery_path(args.gallery), "the input folder", "--gallery")  # before the model loads
     embedder = Embedder.load(args.model)
-    r = enroll(embedder, root, args.gallery, aligned=args.aligned, index=args.index, progress=True)
+    r = enroll(embedder, root, args.gallery, aligned=args.aligned, index=args.index, progress=args.progress)
     for p in r["skipped"]:
         print(f"skipped {p}: not inside an identity folder", file=sys.stderr)
     for f in r["failures"]:
@@ -463,8 +580,6 @@ def _identify_cmd(args) -> int:
     from tripletface.compare import check_image_file
     from tripletface.embedder import Embedder, check_threshold
 
-    if args.top_k <= 0:
-        raise InputError(f"--top-k must be a positive integer, received: {args.top_k}")
     if args.threshold is not None:
         check_threshold(args.threshold)
     check_image_file(args.image)

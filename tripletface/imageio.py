@@ -1,7 +1,11 @@
 """Read any common image file into one array format: uint8, HxWx3, RGB.
 
-Every path through the pipeline (``crop``, and later ``embed``/``compare``) reads photos
-here, so a photo decodes the same way for training and inference.
+Every path through the pipeline reads images here -- ``crop``, training (the tf.data
+pipeline of :mod:`tripletface.dataset` calls :func:`read_image`), ``embed``, ``evaluate``,
+``compare``, ``enroll``/``identify`` -- and the service converts uploads with
+:func:`to_rgb_uint8`, so a crop gives the same pixels to training and to inference
+(JPEG and PNG alike). :data:`IMAGE_EXTENSIONS` is the one list of file types indexed,
+cropped and embedded.
 
 Real photos break naive loaders; this module decides, once, what each case becomes:
 
@@ -44,9 +48,9 @@ import numpy as np
 
 from tripletface.errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "STATUSES", "read_image", "is_image_file", "to_rgb_uint8"]
+__all__ = ["IMAGE_EXTENSIONS", "STATUSES", "read_image", "decode_image_bytes", "is_image_file", "to_rgb_uint8"]
 
-# Lower-case file extensions (no dot) that the pipeline treats as images.
+# Lower-case file extensions (no dot) that every command treats as images (crop, train, embed, enroll).
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp", "webp", "pgm", "ppm", "tif", "tiff"})
 
 # The values ImageError.status takes here.
@@ -85,8 +89,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive integer, received: {max_pixels!r}")
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     try:
         st = os.stat(path)
@@ -105,40 +107,68 @@ def read_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> np.ndar
 
     try:
         with open(path, "rb") as fh:
+            return _decode(fh, path, max_pixels)
+    except ImageError:
+        raise
+    except OSError as e:
+        raise _error(path, "unreadable", os_reason(e)) from None
+
+
+def decode_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = 40_000_000) -> np.ndarray:
+    """:func:`read_image` for a file's contents already in memory; errors name ``name``.
+
+    The same decoder and conversions as :func:`read_image` (the tf.data pipeline's
+    ``tripletface.dataset.decode_image`` calls it), so bytes and file give the same pixels.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive integer, received: {max_pixels!r}")
+    import io
+
+    data = bytes(data)
+    if not data:
+        raise _error(name, "unreadable", "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(fh, path, max_pixels: int) -> np.ndarray:
+    """Decode the open binary stream ``fh`` (named ``path`` in errors); see :func:`read_image`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        try:
+            img = Image.open(fh)
+        except Image.DecompressionBombError as e:
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{found.group(1)} pixels" if found else "image"
+            raise _error(path, "too_large", f"{size} is over the limit of {max_pixels} pixels"
+                         " (possible decompression bomb); not decoded") from None
+        except UnidentifiedImageError:
+            raise _error(path, "not_an_image", "not an image (unrecognised file format)") from None
+        except _DECODER_ERRORS as e:  # Pillow's plugins raise these on a corrupt header
+            raise _error(path, "unreadable", f"corrupt image header ({_first_line(e)})") from None
+        with img:
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise _error(path, "unreadable", f"image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise _error(path, "too_large",
+                             f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+                             " (possible decompression bomb); not decoded")
             try:
-                img = Image.open(fh)
-            except Image.DecompressionBombError as e:
-                found = re.search(r"\((\d+) pixels\)", str(e))
-                size = f"{found.group(1)} pixels" if found else "image"
-                raise _error(path, "too_large", f"{size} is over the limit of {max_pixels} pixels"
-                             " (possible decompression bomb); not decoded") from None
-            except UnidentifiedImageError:
-                raise _error(path, "not_an_image", "not an image (unrecognised file format)") from None
-            except _DECODER_ERRORS as e:  # Pillow's plugins raise these on a corrupt header
-                raise _error(path, "unreadable", f"corrupt image header ({_first_line(e)})") from None
-            with img:
-                width, height = img.size
-                if width <= 0 or height <= 0:
-                    raise _error(path, "unreadable", f"image has no pixels ({width}x{height})")
-                if width * height > max_pixels:
-                    raise _error(path, "too_large",
-                                 f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
-                                 " (possible decompression bomb); not decoded")
-                try:
-                    img.load()
-                except OSError as e:
-                    msg = _first_line(e)
-                    if "truncated" in msg or "broken data stream" in msg:
-                        raise _error(path, "truncated", f"truncated or corrupt image data ({msg})") from None
-                    raise _error(path, "unreadable", f"cannot decode {img.format or 'image'} data ({msg})") from None
-                except _DECODER_ERRORS as e:
-                    raise _error(path, "unreadable",
-                                 f"cannot decode {img.format or 'image'} data ({_first_line(e)})") from None
-                try:
-                    upright = ImageOps.exif_transpose(img)
-                except Exception:  # noqa: BLE001 - a corrupt EXIF block must not lose the photo
-                    upright = img
-                return to_rgb_uint8(upright)
+                img.load()
+            except OSError as e:
+                msg = _first_line(e)
+                if "truncated" in msg or "broken data stream" in msg:
+                    raise _error(path, "truncated", f"truncated or corrupt image data ({msg})") from None
+                raise _error(path, "unreadable", f"cannot decode {img.format or 'image'} data ({msg})") from None
+            except _DECODER_ERRORS as e:
+                raise _error(path, "unreadable",
+                             f"cannot decode {img.format or 'image'} data ({_first_line(e)})") from None
+            try:
+                upright = ImageOps.exif_transpose(img)
+            except Exception:  # noqa: BLE001 - a corrupt EXIF block must not lose the photo
+                upright = img
+            return to_rgb_uint8(upright)
     except ImageError:
         raise
     except OSError as e:

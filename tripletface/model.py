@@ -50,17 +50,23 @@ def _register():
         Args:
             mode: "caffe" | "raw" | "tf" (see ``PREPROCESS_MODES``).
             metadata: JSON-serialisable dict (alignment settings, threshold, ...).
+            greyscale: replace every input by its luma (ITU-R 601) in all three channels
+                first, so a model trained on grey faces sees grey faces in inference too.
         """
 
-        def __init__(self, mode="tf", metadata=None, **kwargs):
+        def __init__(self, mode="tf", metadata=None, greyscale=False, **kwargs):
             super().__init__(**kwargs)
             if mode not in ("caffe", "raw", "tf"):
                 raise ValueError(f"mode must be caffe|raw|tf, received: {mode!r}")
             self.mode = mode
             self.metadata = dict(metadata or {})
+            self.greyscale = bool(greyscale)
 
         def call(self, inputs):
             x = ops.cast(inputs, self.compute_dtype)
+            if self.greyscale:
+                luma = ops.convert_to_tensor([[0.2989], [0.5870], [0.1140]], dtype=self.compute_dtype)
+                x = ops.repeat(ops.matmul(x, luma), 3, axis=-1)
             if self.mode == "tf":
                 return x / 127.5 - 1.0
             if self.mode == "caffe":
@@ -74,7 +80,7 @@ def _register():
 
         def get_config(self):
             config = super().get_config()
-            config.update({"mode": self.mode, "metadata": copy.deepcopy(self.metadata)})
+            config.update({"mode": self.mode, "metadata": copy.deepcopy(self.metadata), "greyscale": self.greyscale})
             return config
 
     @keras.saving.register_keras_serializable(package="tripletface")
@@ -159,7 +165,8 @@ def _check_weights(backbone: str, weights):
 
 
 def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, input_size=(224, 224),
-                          weights=None, dropout: float = 0.0, width: float = 1.0, metadata: dict | None = None):
+                          weights=None, dropout: float = 0.0, width: float = 1.0, metadata: dict | None = None,
+                          greyscale: bool = False):
     """Build the embedding model.
 
     Args:
@@ -172,6 +179,7 @@ def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, 
         dropout: dropout rate before the Dense layer.
         width: width multiplier (MobileNetV2 alpha; small_cnn channels).
         metadata: JSON-serialisable dict stored in the model (alignment settings etc.).
+        greyscale: the model turns its input grey first (training and inference alike).
 
     Returns:
         A functional ``keras.Model`` mapping (B, H, W, 3) pixels in [0, 255] to (B, embedding_dim)
@@ -192,9 +200,9 @@ def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, 
 
     meta = dict(metadata or {})
     meta.update({"backbone": backbone, "embedding_dim": int(embedding_dim), "image_size": [h, w],
-                 "preprocess": PREPROCESS_MODES[backbone]})
+                 "preprocess": PREPROCESS_MODES[backbone], "greyscale": bool(greyscale)})
     inputs = keras.Input((h, w, 3), name="image")
-    x = FacePreprocess(PREPROCESS_MODES[backbone], metadata=meta, name="preprocess")(inputs)
+    x = FacePreprocess(PREPROCESS_MODES[backbone], metadata=meta, greyscale=greyscale, name="preprocess")(inputs)
     if backbone == "small_cnn":
         x = _small_cnn(x, width)
     else:

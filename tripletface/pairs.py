@@ -24,12 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tripletface import imageio as _imageio
 from tripletface.errors import ImageError, InputError
 
 __all__ = ["Pair", "read_pairs", "pair_key", "image_path", "pair_paths", "IMAGE_EXTENSIONS"]
 
-# Tried in this order when no extension is given: LFW ships .jpg, ``tripletface crop`` writes .png.
-IMAGE_EXTENSIONS = ("jpg", "png", "jpeg")
+# Tried in this order when no extension is given: LFW ships .jpg, ``tripletface crop`` writes .png
+# (or .jpg); then the rest of the one list (tripletface.imageio.IMAGE_EXTENSIONS), so a TIFF crop is found too.
+IMAGE_EXTENSIONS = ("jpg", "png", "jpeg", *sorted(_imageio.IMAGE_EXTENSIONS - {"jpg", "png", "jpeg"}))
 
 
 @dataclass(frozen=True)

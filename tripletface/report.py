@@ -23,9 +23,11 @@ import numpy as np
 
 from tripletface.verification import METRIC, METRIC_NOTE
 
-__all__ = ["write_report", "to_jsonable", "metric_rows"]
+__all__ = ["write_report", "to_jsonable", "metric_rows", "hardest_errors"]
 
 ROC_FILE, HIST_FILE, MD_FILE, HTML_FILE, JSON_FILE = "roc.png", "hist.png", "report.md", "report.html", "metrics.json"
+ERRORS_DIR = "errors"  # thumbnails of the hardest false accepts and rejects
+THUMB_SIZE = 112
 
 _LABELS = {
     "metric": "Distance metric",
@@ -61,11 +63,16 @@ _LABELS = {
     "triplets": "Triplets",
     "unscored_triplets": "Triplets that could not be scored",
     "triplet_loss": "Triplet loss (mean hinge)",
-    "triplet_precision": "Triplet pairs: precision",
-    "triplet_recall": "Triplet pairs: recall",
-    "triplet_accuracy": "Triplet pairs: accuracy",
+    "triplet_precision": "Triplet pairs: precision (model's threshold)",
+    "triplet_recall": "Triplet pairs: recall (model's threshold)",
+    "triplet_accuracy": "Triplet pairs: accuracy (model's threshold)",
     "triplet_ranking_accuracy": "Triplets with d(a,p) < d(a,n)",
-    "triplet_threshold": "Triplet pairs: threshold",
+    "triplet_threshold": "Triplet pairs: the model's threshold (loss units)",
+    "triplet_threshold_source": "Triplet pairs: threshold chosen on",
+    "triplet_optimistic_precision": "Triplet pairs: precision at their own best threshold (optimistic)",
+    "triplet_optimistic_recall": "Triplet pairs: recall at their own best threshold (optimistic)",
+    "triplet_optimistic_accuracy": "Triplet pairs: accuracy at their own best threshold (optimistic)",
+    "triplet_optimistic_threshold": "Triplet pairs: their own best threshold (optimistic)",
     "triplet_n_triplets": "Triplets scored",
 }
 
@@ -182,13 +189,31 @@ def metric_rows(metrics: dict, prefix: str = "", n_impostor: int | None = None) 
 # ----------------------------------------------------------------------------- plots
 
 
-def _new_figure(width: float = 6.4, height: float = 4.8):
+def _new_figure(width: float = 6.4, height: float = 6.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    # constrained layout fits the (wrapped) title and the legend below the axes inside the figure
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # Agg canvas for this figure only; pyplot and the global backend untouched
     return fig
+
+
+def _title(ax, text: str) -> None:
+    """A title wrapped to the axes' width: a long model name never runs off the figure."""
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(text, 60)) or text)
+
+
+def _legend_below(ax) -> None:
+    """The legend under the axes, outside them: it never covers a curve or a bar."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, format="png")
+    fig.clear()
 
 
 def _plot_roc(path: Path, metrics: dict, d: np.ndarray, s: np.ndarray, title: str, reach: dict) -> None:
@@ -224,11 +249,9 @@ def _plot_roc(path: Path, metrics: dict, d: np.ndarray, s: np.ndarray, title: st
         ax.set_xlabel("False accept rate (FAR, log scale)")
         ax.set_ylabel("True accept rate (TAR)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(f"{title}: ROC")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    fig.clear()
+        _legend_below(ax)
+    _title(ax, f"{title}: ROC")
+    _save(fig, path)
 
 
 def _plot_hist(path: Path, metrics: dict, d: np.ndarray, s: np.ndarray, title: str, threshold: float) -> None:
@@ -250,17 +273,85 @@ def _plot_hist(path: Path, metrics: dict, d: np.ndarray, s: np.ndarray, title: s
     unscored = int(d.size - finite.sum())
     ax.set_xlabel(f"{METRIC} distance on L2-normalised embeddings (smaller = more alike)")
     ax.set_ylabel("pairs")
-    ax.set_title(f"{title}: distances" + (f" ({unscored} unscored pairs not shown)" if unscored else ""))
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    fig.clear()
+    _title(ax, f"{title}: distances" + (f" ({unscored} unscored pairs not shown)" if unscored else ""))
+    _legend_below(ax)
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- hardest errors
+
+
+def hardest_errors(distances, issame, threshold: float, k: int = 5) -> dict:
+    """Indices of the worst mistakes at ``threshold`` (same = distance < threshold).
+
+    ``false_accepts``: mismatched pairs decided same, smallest distance first (the most
+    confident wrong accepts); ``false_rejects``: matched pairs decided different, largest
+    distance first. At most ``k`` of each; unscored (NaN) pairs have no distance and are left
+    out (they are in the failure counts). Ties go to the earlier pair.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    s = np.asarray(issame).astype(bool)
+    t = float(threshold)
+    fa = np.flatnonzero(np.isfinite(d) & ~s & (d < t))
+    fr = np.flatnonzero(np.isfinite(d) & s & (d >= t))
+    fa = fa[np.argsort(d[fa], kind="stable")][:k]
+    fr = fr[np.argsort(-d[fr], kind="stable")][:k]
+    return {"false_accepts": [int(i) for i in fa], "false_rejects": [int(i) for i in fr]}
+
+
+def _thumbnail(src, dst: Path, size: int = THUMB_SIZE) -> bool:
+    """``src`` shrunk to fit ``size`` px, written as JPEG to ``dst``; False when it cannot be read."""
+    from PIL import Image
+
+    from tripletface.errors import ImageError
+    from tripletface.imageio import read_image
+
+    try:
+        im = Image.fromarray(read_image(src))
+    except ImageError:
+        return False
+    im.thumbnail((size, size))
+    im.save(dst, format="JPEG", quality=90)
+    return True
+
+
+def _write_examples(out: Path, d: np.ndarray, s: np.ndarray, pair_files, threshold: float,
+                    source: str, k: int) -> dict:
+    """Thumbnails of the hardest false accepts/rejects under ``out/ERRORS_DIR`` -> a JSON-ready record."""
+    if len(pair_files) != d.size:
+        raise ValueError(f"pair_files must have one (image_a, image_b) per pair ({d.size}), received: "
+                         f"{len(pair_files)}")
+    folder = out / ERRORS_DIR
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.jpg"):  # a rerun shows this run's pairs only
+        old.unlink()
+    record = {"threshold": float(threshold), "threshold_source": source}
+    for kind, idx in hardest_errors(d, s, threshold, k).items():
+        rows = []
+        for rank, i in enumerate(idx, 1):
+            row = {"pair": i, "distance": float(d[i]), "same": bool(s[i])}
+            for side, src in zip("ab", pair_files[i]):
+                name = f"{kind}_{rank}_{side}.jpg"
+                row[f"image_{side}"] = str(src)
+                row[f"thumb_{side}"] = f"{ERRORS_DIR}/{name}" if _thumbnail(src, folder / name) else None
+            rows.append(row)
+        record[kind] = rows
+    return record
+
+
+def _error_rows(errors: dict):
+    """(heading, note, rows) per kind of mistake, for the pages."""
+    t = _fmt(errors["threshold"])
+    yield ("Hardest false accepts", f"different people decided 'same' (distance < {t}), closest first",
+           errors["false_accepts"])
+    yield ("Hardest false rejects", f"the same person decided 'different' (distance >= {t}), farthest first",
+           errors["false_rejects"])
 
 
 # ----------------------------------------------------------------------------- pages
 
 
-def _markdown(title: str, rows, extra_rows) -> str:
+def _markdown(title: str, rows, extra_rows, errors: dict | None = None) -> str:
     def table(rs):
         cells = [(a.replace("|", "\\|"), b.replace("|", "\\|")) for a, b in rs]
         return "\n".join(["| | |", "|---|---|", *(f"| {a} | {b} |" for a, b in cells)])
@@ -271,12 +362,25 @@ def _markdown(title: str, rows, extra_rows) -> str:
     parts += [
         "## ROC", "", f"![ROC curve]({ROC_FILE})", "",
         "## Genuine vs impostor distances", "", f"![Distance histogram]({HIST_FILE})", "",
-        f"All numbers: [{JSON_FILE}]({JSON_FILE})", "",
     ]
+    if errors:
+        parts += [f"Threshold {_fmt(errors['threshold'])}: {errors['threshold_source']}.", ""]
+        for heading, note, items in _error_rows(errors):
+            parts += [f"## {heading}", "", f"{note.capitalize()}.", ""]
+            if not items:
+                parts += ["None.", ""]
+                continue
+            parts += ["| distance | image A | image B |", "|---|---|---|"]
+            for r in items:
+                cells = [f"![{Path(r['image_' + x]).name}]({r['thumb_' + x]}) {Path(r['image_' + x]).name}"
+                         if r["thumb_" + x] else f"{Path(r['image_' + x]).name} (unreadable)" for x in "ab"]
+                parts.append(f"| {r['distance']:.4f} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            parts.append("")
+    parts += [f"All numbers: [{JSON_FILE}]({JSON_FILE})", ""]
     return "\n".join(parts)
 
 
-def _html(title: str, rows, extra_rows) -> str:
+def _html(title: str, rows, extra_rows, errors: dict | None = None) -> str:
     e = html.escape
 
     def table(rs):
@@ -306,6 +410,25 @@ def _html(title: str, rows, extra_rows) -> str:
         f'<img src="{ROC_FILE}" alt="ROC curve">',
         "<h2>Genuine vs impostor distances</h2>",
         f'<img src="{HIST_FILE}" alt="Distance histogram">',
+    ]
+    if errors:
+        parts.append(f"<p>Threshold {e(_fmt(errors['threshold']))}: {e(errors['threshold_source'])}.</p>")
+        for heading, note, items in _error_rows(errors):
+            parts += [f"<h2>{e(heading)}</h2>", f"<p>{e(note.capitalize())}.</p>"]
+            if not items:
+                parts.append("<p>None.</p>")
+                continue
+            parts.append('<table class="pairs">')
+            for r in items:
+                cells = []
+                for x in "ab":
+                    name = e(Path(r["image_" + x]).name)
+                    img = (f'<img src="{e(r["thumb_" + x])}" alt="{name}" width="{THUMB_SIZE}"><br>'
+                           if r["thumb_" + x] else "(unreadable) ")
+                    cells.append(f'<td title="{e(r["image_" + x])}">{img}{name}</td>')
+                parts.append(f"<tr><th>{r['distance']:.4f}</th>{''.join(cells)}</tr>")
+            parts.append("</table>")
+    parts += [
         f'<p>All numbers: <a href="{JSON_FILE}">{JSON_FILE}</a></p>',
         "</body>",
         "</html>",
@@ -323,6 +446,9 @@ def write_report(
     extra: dict | None = None,
     *,
     threshold: float | None = None,
+    threshold_source: str | None = None,
+    pair_files=None,
+    n_errors: int = 5,
 ) -> dict:
     """Write roc.png, hist.png, report.md, report.html and metrics.json into ``report_dir``.
 
@@ -333,12 +459,19 @@ def write_report(
     (model, data, pairs file, command). The pages reference the PNGs by relative path.
 
     The histogram's threshold line is ``threshold``, else ``metrics["threshold"]`` (or
-    ``"best_threshold_all_pairs"``), else the best-accuracy threshold on these pairs.
+    ``"best_threshold_all_pairs"``), else the best-accuracy threshold on these pairs;
+    ``threshold_source`` says where it came from.
+
+    ``pair_files``: the ``(image_a, image_b)`` of each pair. With it the pages show the
+    ``n_errors`` hardest false accepts and false rejects at that threshold (see
+    :func:`hardest_errors`), each as two thumbnails (``errors/*.jpg``) with its distance.
 
     metrics.json holds ``{"title", "metric", "note", "metrics", "extra"}`` with
-    ``metrics``/``extra`` passed through :func:`to_jsonable`.
+    ``metrics``/``extra`` passed through :func:`to_jsonable`, and ``"hardest_errors"`` with
+    ``pair_files``.
 
-    Returns ``{"roc", "hist", "markdown", "html", "json"}`` -> :class:`~pathlib.Path`.
+    Returns ``{"roc", "hist", "markdown", "html", "json"}`` (plus ``"errors"``, the thumbnail
+    folder, with ``pair_files``) -> :class:`~pathlib.Path`.
     """
     from tripletface.verification import best_threshold, score_with_failures
 
@@ -360,18 +493,26 @@ def write_report(
         "html": out / HTML_FILE,
         "json": out / JSON_FILE,
     }
+    best_source = "the best-accuracy threshold on these pairs (optimistic: chosen on the pairs it scores)"
     if threshold is None:
         threshold = metrics.get("threshold", metrics.get("best_threshold_all_pairs"))
+        threshold_source = best_source
     if _as_float(threshold) is None or not math.isfinite(_as_float(threshold)):
         threshold = best_threshold(filled, s)[0]
+        threshold_source = best_source
+    threshold_source = threshold_source or "given"
     n_impostor = int((~s).sum())
     _plot_roc(paths["roc"], metrics, filled, s, title, _reachability(metrics, n_impostor))
     _plot_hist(paths["hist"], metrics, d, s, title, float(threshold))
 
     rows = metric_rows(metrics, n_impostor=n_impostor)
     extra_rows = [(str(k), _fmt(v)) for k, v in (extra or {}).items()]
-    paths["markdown"].write_text(_markdown(title, rows, extra_rows), encoding="utf-8")
-    paths["html"].write_text(_html(title, rows, extra_rows), encoding="utf-8")
+    errors = None
+    if pair_files is not None:
+        errors = _write_examples(out, d, s, list(pair_files), float(threshold), threshold_source, n_errors)
+        paths["errors"] = out / ERRORS_DIR
+    paths["markdown"].write_text(_markdown(title, rows, extra_rows, errors), encoding="utf-8")
+    paths["html"].write_text(_html(title, rows, extra_rows, errors), encoding="utf-8")
     payload = {
         "title": title,
         "metric": METRIC,
@@ -379,5 +520,7 @@ def write_report(
         "metrics": to_jsonable(metrics),
         "extra": to_jsonable(extra or {}),
     }
+    if errors is not None:
+        payload["hardest_errors"] = to_jsonable(errors)
     paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return paths

@@ -574,7 +574,10 @@ def create_app(embedder, gallery=None, *, gallery_path=None, max_request_bytes: 
         if gallery is None:
             raise ServiceError(404, "no_gallery", "no gallery loaded: start the service with --gallery G")
         _check_aligned_allowed(aligned, "image")
-        t, source = _threshold(threshold)
+        if threshold is None and gallery.meta.get("threshold") is not None:  # calibrated for 1:N search
+            t, source = G.search_threshold(gallery, embedder)
+        else:
+            t, source = _threshold(threshold)
         (r,) = await _embed([("image", await _read(image, "image"))], aligned)
         matches = G.nearest_identities(gallery, r.embedding, top_k)
         best = matches[0] if matches else None
@@ -592,17 +595,19 @@ def create_app(embedder, gallery=None, *, gallery_path=None, max_request_bytes: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tripletface.cli import number
+
     parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
     parser.add_argument("--gallery", default=None, help="gallery file for /identify (built by this model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                                                              "machine only; the service has no authentication)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
-                        help="largest request body in MiB (default 10)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--port", type=number(int, 1, 65535), default=8000, help="port (default 8000)")
+    parser.add_argument("--max-request-mb", type=number(float, 0, lo_open=True),
+                        default=DEFAULT_MAX_REQUEST_BYTES / 2**20, help="largest request body in MiB (default 10)")
+    parser.add_argument("--max-pixels", type=number(int, 1), default=DEFAULT_MAX_PIXELS,
                         help=f"largest image, width x height (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--max-batch", type=int, default=32, help="most images per model call (default 32)")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0,
+    parser.add_argument("--max-batch", type=number(int, 1), default=32, help="most images per model call (default 32)")
+    parser.add_argument("--batch-window-ms", type=number(float, 0), default=5.0,
                         help="how long an image waits for others to batch with (default 5 ms)")
 
 

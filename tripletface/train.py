@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,24 +33,60 @@ FINAL_MODEL_NAME = "model.keras"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli import add_config_arguments
+    from tripletface.cli import add_config_arguments, add_config_flag, add_progress_argument
 
+    add_config_flag(parser, "train_dir", key="data.train_dir", nargs="*", metavar="TRAIN_DIR",
+                    help="crop folder(s): TRAIN_DIR/<identity>/<image>; the same as --set TRAIN_DIR=... "
+                         "(default: the config's)")
+    add_config_flag(parser, "--input-dir", key="data.train_dir", metavar="DIR", help="same as TRAIN_DIR")
     add_config_arguments(parser)
     parser.add_argument("--fresh", action="store_true",
                         help="ignore existing checkpoints in CHECKPOINT_DIR and start from epoch 0")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="names in data.exclude_identities that match no training identity are "
+                             "ignored instead of an error (data.allow_missing_exclusions=true)")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from tripletface.cli import config_from_args
 
     cfg = config_from_args(args, default_preset=None)
-    result = train(cfg, fresh=args.fresh, verbose=0 if args.quiet else 1)
+    if getattr(args, "allow_missing", False):
+        cfg.data.allow_missing_exclusions = True
+    result = train(cfg, fresh=args.fresh, verbose=1 if args.progress else 0)
     if result.get("interrupted"):
         print(result["message"], file=sys.stderr)
         return 128 + result["interrupted"]  # 130 for SIGINT, 143 for SIGTERM: the shell's convention
     print(f"saved model: {result['model_path']}")
+    test = Path(cfg.data.test_triplets) if cfg.data.test_triplets else None
+    if test is not None and test.is_file():
+        m = test_on_triplets(result["model_path"], test, progress=args.progress)
+        vals = "  ".join(f"{k} {m['triplet_' + k]:.4f}" for k in ("loss", "precision", "recall")
+                         if isinstance(m.get("triplet_" + k), (int, float)))
+        print(f"test triplets ({test}): {vals}  ({m['triplets'] - m['unscored_triplets']} scored, "
+              f"{m['unscored_triplets']} unscored) -> {m['path']}")
+    elif test is not None:
+        print(f"no TEST_TRIPLETS file at {test} (crop --test-fraction writes one); the original triplet "
+              "metrics were not computed", file=sys.stderr)
     return 0
+
+
+def test_on_triplets(model_path, triplets_file: Path, progress: bool = True) -> dict:
+    """The original design's last step: the trained model's triplet loss, precision and recall on
+    TEST_TRIPLETS (``data.test_triplets``: crop's ``test_triplets.csv``, anchor,positive,negative
+    paths relative to its folder), with the model's own inference path. Written next to the model
+    as ``test_triplets.json``; returns the metrics and ``path``."""
+    from tripletface.embedder import Embedder, print_failures
+    from tripletface.evaluate import evaluate_triplets
+
+    embedder = Embedder.load(str(model_path))
+    metrics, failures = evaluate_triplets(embedder, triplets_file.parent, triplets_file, aligned=True,
+                                          progress=progress)
+    print_failures(failures, prefix="test triplets, not embedded: ", more=" images not embedded")
+    out = Path(model_path).with_name("test_triplets.json")
+    out.write_text(json.dumps({"triplets_file": str(triplets_file), **metrics}, indent=2) + "\n", encoding="utf-8")
+    return {**metrics, "path": str(out)}
 
 
 # --------------------------------------------------------------------------- precision
@@ -97,10 +134,15 @@ def resolve_precision(requested: str, backbone: str | None = None) -> str:
 
 # --------------------------------------------------------------------------- the trainer model
 
-def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 0):
+def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 0, aux_head=None,
+                 aux_weight: float = 0.0, label_source=None, source_names=()):
     """Wrap the embedding model in a keras.Model whose train_step runs the mining loss.
 
-    The wrapper owns no weights of its own; the embedding model is what gets saved.
+    ``aux_head`` (a built :class:`~tripletface.losses.MarginSoftmaxHead`) adds ``aux_weight``
+    times its margin-softmax loss over the batch's labels; its class weights train with the
+    embedder but are not part of the saved model. ``label_source`` (int32, the source of each
+    training label) and ``source_names`` log each source's share of the sampled images as
+    ``share_<name>``. The wrapper owns no other weights; the embedding model is what gets saved.
     """
     import keras
     import tensorflow as tf
@@ -113,8 +155,11 @@ def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 
             self.embedder = embedder
             self.loss_obj = loss_obj
             self.memory_bank = memory_bank
+            self.aux_head = aux_head
             self.stat_names = ("loss", "active_fraction", "pos_dist", "neg_dist")
-            self.trackers = {n: keras.metrics.Mean(name=n) for n in self.stat_names}
+            extra = (("aux_loss",) if aux_head is not None else ()) + tuple(f"share_{n}" for n in source_names)
+            self.trackers = {n: keras.metrics.Mean(name=n) for n in self.stat_names + extra}
+            self.label_source = None if label_source is None else tf.constant(label_source, tf.int32)
 
         @property
         def metrics(self):
@@ -129,12 +174,11 @@ def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 
         def call(self, x, training=False):
             return self.embedder(x, training=training)
 
-        def _loss(self, labels, emb):
+        def _loss(self, labels, emb, warm):
             if self.memory_bank is not None:
-                use = tf.cast(self.optimizer.iterations >= memory_start_step, tf.bool)
                 mem_emb, mem_lab = self.memory_bank.contents()
                 loss, stats = tf.cond(
-                    use,
+                    warm,
                     lambda: self.loss_obj.compute_with_stats(labels, emb, memory=(mem_emb, mem_lab)),
                     lambda: self.loss_obj.compute_with_stats(labels, emb))
                 return loss, stats
@@ -142,29 +186,53 @@ def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 
 
         def train_step(self, data):
             images, labels = data
+            # the cross-batch memory's warm-up (XBM): before step memory_start_step the bank is
+            # neither used nor filled, so it never holds the fast-drifting embeddings of early training
+            warm = tf.greater_equal(self.optimizer.iterations, memory_start_step)  # this step's index
             with tf.GradientTape() as tape:
                 emb = self.embedder(images, training=True)
                 # mine on the global batch: every replica's embeddings and labels (tripletface.distribute)
                 labels, emb = gather_global_batch(labels, emb)
-                loss, stats = self._loss(labels, emb)
+                loss, stats = self._loss(labels, emb, warm)
                 # masks in the loss can hide NaN embeddings (loss 0, distances NaN): surface them as a NaN loss
                 finite = tf.reduce_all(tf.math.is_finite(tf.cast(emb, tf.float32)))
                 loss = tf.where(finite, loss, tf.constant(float("nan"), loss.dtype))
                 reg = sum(self.embedder.losses) if self.embedder.losses else 0.0
                 total = loss + tf.cast(reg, loss.dtype)
+                if self.aux_head is not None:
+                    aux = self.aux_head(tf.cast(emb, tf.float32), labels)
+                    total = total + tf.cast(aux_weight * aux, total.dtype)
                 scaled = scale_loss(total)  # / replicas: the optimizer sums the replicas' gradients
                 scaled = self.optimizer.scale_loss(scaled) if hasattr(self.optimizer, "scale_loss") else scaled
             variables = self.embedder.trainable_variables
+            if self.aux_head is not None:
+                variables = variables + self.aux_head.trainable_variables
             grads = tape.gradient(scaled, variables)
             self.optimizer.apply_gradients(zip(grads, variables))
             if self.memory_bank is not None:
-                self.memory_bank.enqueue(tf.stop_gradient(tf.cast(emb, tf.float32)), labels)
+                def enqueue():
+                    self.memory_bank.enqueue(tf.stop_gradient(tf.cast(emb, tf.float32)), labels)
+                    return tf.constant(True)
+
+                tf.cond(warm, enqueue, lambda: tf.constant(False))
             self.trackers["loss"].update_state(total)
             for n in self.stat_names[1:]:
                 self.trackers[n].update_state(stats[n])
+            if self.aux_head is not None:
+                self.trackers["aux_loss"].update_state(aux)
+            if self.label_source is not None:
+                src = tf.gather(self.label_source, labels)
+                for i, n in enumerate(source_names):
+                    self.trackers[f"share_{n}"].update_state(tf.reduce_mean(tf.cast(tf.equal(src, i), tf.float32)))
             return step_logs({n: t.result() for n, t in self.trackers.items()})
 
     return TripletTrainer()
+
+
+# Variables AdamW leaves undecayed, by name: biases and the BatchNorm/LayerNorm scale (gamma) and
+# offset (beta). A regular expression on the variable's name, which Keras sees as "gamma" or (the
+# TensorFlow variable under it) "layer/gamma:0".
+NO_WEIGHT_DECAY = (r"(^|/)(bias|gamma|beta)(:\d+)?$",)
 
 
 def make_optimizer(tcfg, total_steps: int):
@@ -177,7 +245,11 @@ def make_optimizer(tcfg, total_steps: int):
             initial_learning_rate=0.0 if warm else tcfg.learning_rate, decay_steps=max(1, total_steps - warm),
             warmup_target=tcfg.learning_rate if warm else None, warmup_steps=warm, alpha=0.01)
     if tcfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=tcfg.weight_decay or 1e-4)
+        opt = keras.optimizers.AdamW(lr, weight_decay=tcfg.weight_decay)  # 0 means none
+        # decoupled decay shrinks kernels only: decaying a BatchNorm scale/offset or a bias toward 0
+        # regularises nothing and changes what the layer computes (Loshchilov & Hutter; timm, BERT)
+        opt.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+        return opt
     if tcfg.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
     return keras.optimizers.Adam(lr)
@@ -206,15 +278,18 @@ def _callbacks_module():
                 self.model.stop_training = True
 
     class Validation(keras.callbacks.Callback):
-        """Each epoch: embed held-out identities; verification accuracy on pairs and the original
-        triplet metrics (loss, precision, recall) on triplets. Adds val_* entries to the epoch logs
-        (so TensorBoard and the checkpoint callback see them) and warns on embedding collapse."""
+        """Each epoch: embed held-out identities through ``embedder`` (the inference path, see
+        :func:`validate`); verification accuracy on pairs and the original triplet metrics (loss,
+        precision, recall) on triplets. Adds val_* entries to the epoch logs (so TensorBoard and
+        the checkpoint callback see them) and warns on embedding collapse."""
 
-        def __init__(self, val, embed_fn, margin, collapse_threshold, nan_guard, interrupt=None):
+        def __init__(self, val, embedder, margin, collapse_threshold, nan_guard, interrupt=None,
+                     loss_distance="squared_l2"):
             super().__init__()
             self.val = val
-            self.embed_fn = embed_fn
+            self.embedder = embedder
             self.margin = margin
+            self.loss_distance = loss_distance
             self.collapse_threshold = collapse_threshold
             self.nan_guard = nan_guard
             self.interrupt = interrupt
@@ -233,7 +308,13 @@ def _callbacks_module():
                 logs["collapsed"] = 1.0
             if self.val is None:
                 return
-            metrics = validate(self.val, self.embed_fn, self.margin)
+            from tripletface.errors import ModelError
+
+            try:
+                metrics = validate(self.val, self.embedder, self.margin, self.loss_distance)
+            except ModelError:  # non-finite validation embeddings
+                raise TrainingError(f"validation after epoch {epoch + 1}: the model produced non-finite "
+                                    "embeddings; try a lower learning rate") from None
             logs.update(metrics)
             self.history.append({"epoch": epoch + 1, **metrics})
             print(f"\nepoch {epoch + 1}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()), file=sys.stderr)
@@ -370,7 +451,9 @@ def _fit(trainer, ds, epochs: int, steps_per_epoch: int, epoch: int, step: int, 
 # --------------------------------------------------------------------------- validation
 
 def prepare_validation(val_index, cfg):
-    """Load held-out identities' images once (no augmentation) with pairs and triplets over them."""
+    """Pairs and triplets over held-out identities' images: ``{"paths", "pairs", "triplets"}``
+    (index arrays into ``paths``). The images are embedded as inference embeds them (see
+    :func:`validate`)."""
     from tripletface import dataset as D
 
     if val_index is None or len(val_index.paths) == 0:
@@ -379,39 +462,103 @@ def prepare_validation(val_index, cfg):
     pa, pb, same = D.make_val_pairs(val_index, cfg.data.val_pairs, seed=cfg.data.seed)
     ta, tp, tn = D.make_val_triplets(val_index, n_trip, seed=cfg.data.seed + 1)
     needed = np.unique(np.concatenate([pa, pb, ta, tp, tn]))
-    images = D.load_images([val_index.paths[i] for i in needed], tuple(cfg.model.image_size))
     pos = {int(i): j for j, i in enumerate(needed)}
     remap = lambda a: np.array([pos[int(i)] for i in a], dtype=np.int64)  # noqa: E731
-    return {"images": images, "pairs": (remap(pa), remap(pb), np.asarray(same, bool)),
+    return {"paths": [val_index.paths[i] for i in needed], "identities": int(val_index.num_identities),
+            "pairs": (remap(pa), remap(pb), np.asarray(same, bool)),
             "triplets": (remap(ta), remap(tp), remap(tn))}
 
 
-def validate(val, embed_fn, margin) -> dict:
+def validation_pairs(val) -> list[tuple[str, str, bool]]:
+    """The validation pairs as ``(path_a, path_b, same)``: what the stored threshold was chosen on."""
+    pa, pb, same = val["pairs"]
+    return [(val["paths"][a], val["paths"][b], bool(s)) for a, b, s in zip(pa, pb, same)]
+
+
+def validate(val, embedder, margin, loss_distance: str = "squared_l2") -> dict:
+    """Validation metrics of ``embedder`` (a :class:`tripletface.embedder.Embedder`): the files are
+    embedded exactly as ``compare``/``evaluate --aligned`` embed them (its flip mode included),
+    so the threshold chosen here is the one inference needs.
+
+    Returns ``val_accuracy`` (k-fold), ``val_threshold`` (best accuracy on all the pairs, the
+    model's stored default) with ``val_threshold_accuracy`` (the accuracy there), and the
+    original triplet metrics on the validation triplets: ``val_triplet_loss`` (the loss's own
+    distance and margin; not comparable with the mined training loss) and ``val_precision`` /
+    ``val_recall`` at ``val_threshold`` (chosen on the pairs, not on these triplets).
+    """
+    from keras import ops
+
     from tripletface import verification as V
-
     from tripletface.embedder import distance
+    from tripletface.errors import InputError
+    from tripletface.losses import get_distance
 
-    emb = embed_fn(val["images"])
+    emb, failures = embedder.embed_files(val["paths"], aligned=True)
+    if failures:
+        raise InputError(f"validation image {failures[0].message}")
     pa, pb, same = val["pairs"]
     d = distance(emb[pa], emb[pb])  # euclidean: the metric stored with the model
     acc = V.kfold_accuracy(d, same, folds=min(10, max(2, len(d) // 20)))
-    threshold, _ = V.best_threshold(d, same)
+    threshold, threshold_acc = V.best_threshold(d, same)
     ta, tp, tn = val["triplets"]
-    # the original metrics: triplet loss on squared distances (as trained), precision/recall of the
-    # 'same' decision at the threshold picked on these validation triplets
-    tm = V.triplet_metrics(distance(emb[ta], emb[tp]) ** 2, distance(emb[ta], emb[tn]) ** 2, margin)
-    return {"val_accuracy": float(acc["mean"]), "val_loss": float(tm["loss"]),
+    dist = get_distance(loss_distance)
+    tm = V.triplet_metrics(ops.convert_to_numpy(dist.paired(emb[ta], emb[tp])),
+                           ops.convert_to_numpy(dist.paired(emb[ta], emb[tn])), margin,
+                           threshold=dist.from_euclidean(threshold))
+    return {"val_accuracy": float(acc["mean"]), "val_triplet_loss": float(tm["loss"]),
             "val_precision": float(tm["precision"]), "val_recall": float(tm["recall"]),
-            "val_threshold": float(threshold)}
-
-
-def batched_embed(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = [np.asarray(model(images[i:i + batch_size], training=False), dtype=np.float32)
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+            "val_threshold": float(threshold), "val_threshold_accuracy": float(threshold_acc)}
 
 
 # --------------------------------------------------------------------------- main entry
+
+# What a resume checkpoint's state was made with: a change in any of these changes the shapes or
+# the meaning of the weights and optimizer slots, and a restore would fill only part of the state.
+STATE_KEYS = ("model.backbone", "model.embedding_dim", "model.image_size", "model.width", "model.greyscale",
+              "loss.name", "loss.distance", "loss.margin", "loss.soft_margin", "loss.memory_bank_size",
+              "loss.aux_weight", "train.optimizer")
+STATE_SIGNATURE_NAME = "made_with.json"  # in CHECKPOINT_DIR/state, beside the checkpoints
+
+
+def state_signature(cfg, policy: str) -> dict:
+    """The :data:`STATE_KEYS` values of ``cfg`` (those it has) and whether the optimizer scales the loss."""
+    d = cfg.to_dict()
+    sig = {}
+    for key in STATE_KEYS:
+        section, name = key.split(".")
+        if name in d.get(section, {}):  # keys this version of the config has
+            sig[key] = d[section][name]
+    sig["loss scaling (train.mixed_precision=float16)"] = policy == "mixed_float16"
+    return json.loads(json.dumps(sig))  # tuples as lists, as read back
+
+
+def check_state_signature(state_dir: Path, signature: dict, write: bool) -> None:
+    """Refuse to resume a checkpoint in ``state_dir`` made with another :func:`state_signature`
+    (one line naming the differing keys); with ``write``, record ``signature`` there.
+
+    Call it only when a checkpoint will be restored, or with ``write`` when starting over. A
+    checkpoint from before signatures were written is taken as it is.
+    """
+    from tripletface.atomic import replaced_atomically
+
+    f = state_dir / STATE_SIGNATURE_NAME
+    if f.is_file() and not write:
+        try:
+            saved = json.loads(f.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError
+        except (OSError, ValueError):
+            raise InputError(f"{f}: unreadable record of what the checkpoint was made with; "
+                             "start over with --fresh") from None
+        differ = [k for k in sorted(set(saved) | set(signature)) if saved.get(k) != signature.get(k)]
+        if differ:
+            what = ", ".join(f"{k} {json.dumps(saved.get(k))} (now {json.dumps(signature.get(k))})" for k in differ)
+            raise InputError(f"{state_dir}: the checkpoint there was made with other settings: {what}; resuming "
+                             "would restore only part of it: start over with --fresh, or use another CHECKPOINT_DIR")
+        return
+    with replaced_atomically(f) as tmp:
+        tmp.write_text(json.dumps(signature, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
 
 def _checkpoint_epoch(ckpt_dir: Path) -> int:
     """The epoch of the latest resume checkpoint (saved as ckpt-<epoch>), 0 when none."""
@@ -455,6 +602,48 @@ def _quality_filter(cfg, index, train_dir: Path):
     return kept
 
 
+# Terms of use of public face sets, by a name their folder usually carries; data.source_terms overrides.
+KNOWN_TERMS = {
+    "celeba": "CelebA: non-commercial research purposes only (CUHK's CelebA agreement); "
+              "a model trained on it inherits that restriction",
+    "casia": "CASIA-WebFace: non-commercial research purposes only",
+    "lfw": "LFW: public research data set (UMass Amherst); photos of public figures, no licence restriction stated",
+    "vggface2": "VGGFace2: non-commercial research purposes only",
+}
+
+
+def source_terms(path: Path) -> str:
+    """The terms of a known face set, guessed from the folder's name and its parents' names."""
+    parts = [p.lower() for p in Path(os.path.abspath(path)).parts[-3:]]
+    for key, terms in KNOWN_TERMS.items():
+        if any(key in p for p in parts):
+            return terms
+    return "unknown: check the data set's licence (set data.source_terms)"
+
+
+def _source_records(cfg, index, dirs: list[Path]) -> list[dict]:
+    """One record per training folder for the model file: name, path, counts and terms of use."""
+    if cfg.data.source_terms and len(cfg.data.source_terms) != len(dirs):
+        raise InputError(f"data.source_terms has {len(cfg.data.source_terms)} entries for {len(dirs)} training "
+                         "folders; give one per folder, in data.train_dirs order")
+    out = []
+    for i, (row, d) in enumerate(zip(index.source_summary(), dirs)):
+        terms = cfg.data.source_terms[i] if cfg.data.source_terms else source_terms(d)
+        out.append({**row, "name": row["name"] if index.sources else d.name, "path": str(d), "terms": terms})
+    return out
+
+
+def _common_alignment(cfg, dirs: list[Path]) -> dict:
+    """The alignment settings shared by every training folder; folders cropped differently are an error."""
+    settings = [_alignment_settings(cfg, d) for d in dirs]
+    for d, other in zip(dirs[1:], settings[1:]):
+        diff = sorted(k for k in set(settings[0]) | set(other) if settings[0].get(k) != other.get(k))
+        if diff:
+            raise InputError(f"{d}: cropped with other alignment settings than {dirs[0]} ({', '.join(diff)} differ); "
+                             "crop every training folder with the same crop settings")
+    return settings[0]
+
+
 def _alignment_settings(cfg, train_dir: Path | None) -> dict:
     """The crop settings the training crops were made with (crop_settings.json beside them), else the config's."""
     f = _beside_crops(train_dir, "crop_settings.json") if train_dir is not None else None
@@ -473,13 +662,15 @@ def _alignment_settings(cfg, train_dir: Path | None) -> dict:
 
 
 def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
-    """Train per ``cfg``; returns {'model_path', 'history', 'resumed_from', 'validation'}."""
+    """Train per ``cfg``; returns {'model_path', 'history', 'resumed_from', 'validation',
+    'validation_pairs'} (the last: ``(path_a, path_b, same)`` the stored threshold was chosen on)."""
     import keras
     import tensorflow as tf
 
     from tripletface import dataset as D
     from tripletface import distribute
     from tripletface import model as M
+    from tripletface.embedder import Embedder
     from tripletface.losses import MemoryBank, get_loss
 
     t0 = time.time()
@@ -497,16 +688,34 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=cfg.data.seed + 7919 * start_epoch))
         train_dir = None
         val = None
+        sources: list = []
+        label_source = None
+        n_classes = cfg.data.synthetic_identities  # labels the margin-softmax head classifies
         if cfg.data.source == "synthetic":
             ds = D.build_train_dataset(data_cfg)
         else:
-            train_dir = Path(cfg.data.train_dir)
-            index = D.index_folder(train_dir)
+            dirs = [Path(d) for d in cfg.data.dirs]
+            train_dir = dirs[0]
+            index = D.index_folders(dirs)
             if cfg.data.exclude_identities:
-                index = index.without(_read_names(cfg.data.exclude_identities))
+                index, dropped = D.exclude_identities(index, _read_names(cfg.data.exclude_identities),
+                                                      cfg.data.allow_missing_exclusions,
+                                                      what=f"exclusion list {cfg.data.exclude_identities}")
+                print(f"data: excluded {dropped} identities listed in {cfg.data.exclude_identities}", file=sys.stderr)
             if cfg.data.min_blur > 0 or cfg.data.max_pose > 0:
-                index = _quality_filter(cfg, index, train_dir)
+                for d in dirs:
+                    index = _quality_filter(cfg, index, d)
+            sources = _source_records(cfg, index, dirs)
             train_index, val_index = D.split_by_identity(index, cfg.data.val_fraction, seed=cfg.data.seed)
+            if index.num_sources > 1:
+                share = D.source_weights(train_index, cfg.data.source_weights)
+                for rec, w in zip(sources, share):
+                    rec["sampling_share"] = round(float(w), 4)
+                    print(f"data: source {rec['name']}: {rec['images']} images of {rec['identities']} identities "
+                          f"({rec['identities_2plus']} with 2+), {100 * w:.1f}% of each P×K batch; "
+                          f"terms: {rec['terms']}", file=sys.stderr)
+                label_source = train_index.source_ids()
+            n_classes = train_index.num_identities
             D.check_images(val_index)  # the training images are checked as the dataset decodes them
             print(f"data: training on {train_index.describe()}; validating on {val_index.describe()} "
                   "(held-out identities)", file=sys.stderr)
@@ -519,12 +728,15 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
 
         # ---- model, loss, optimizer, resume state
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        metadata = {"alignment": _alignment_settings(cfg, train_dir), "config": cfg.to_dict(),
-                    "metric": "euclidean", "flip_tta": bool(cfg.eval.flip_tta)}
+        alignment = (_alignment_settings(cfg, None) if train_dir is None
+                     else _common_alignment(cfg, [Path(d) for d in cfg.data.dirs]))
+        metadata = {"alignment": alignment, "config": cfg.to_dict(),
+                    "metric": "euclidean", "flip_tta": bool(cfg.eval.flip_tta), "sources": sources}
         with strategy.scope():  # variables mirrored over the replicas (tripletface.distribute)
             embedder = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, image_size,
                                                weights=cfg.model.weights, dropout=cfg.model.dropout,
-                                               width=cfg.model.width, metadata=metadata)
+                                               width=cfg.model.width, metadata=metadata,
+                                               greyscale=cfg.model.greyscale)
             distribute.sync_batch_norm(embedder, strategy)
             loss_obj = get_loss(cfg.loss)
             bank = (MemoryBank(cfg.loss.memory_bank_size, cfg.model.embedding_dim)
@@ -533,10 +745,21 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
             optimizer = make_optimizer(cfg.train, total_steps)
             if policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            trainer = make_trainer(embedder, loss_obj, bank, cfg.loss.memory_bank_start_step)
+            aux_head = None
+            if cfg.loss.aux_weight > 0:
+                from tripletface.losses import MarginSoftmaxHead
+
+                aux_head = MarginSoftmaxHead(n_classes, margin=cfg.loss.aux_margin, scale=cfg.loss.aux_scale,
+                                             name="margin_softmax_head")
+                aux_head.build((None, cfg.model.embedding_dim))
+            trainer = make_trainer(embedder, loss_obj, bank, cfg.loss.memory_bank_start_step, aux_head=aux_head,
+                                   aux_weight=cfg.loss.aux_weight, label_source=label_source,
+                                   source_names=[re.sub(r"[^0-9A-Za-z]+", "_", r["name"]) for r in sources]
+                                   if label_source is not None else ())
             trainer.compile(optimizer=optimizer, jit_compile=False)
             # build optimizer variables so a restore has something to fill
-            optimizer.build(embedder.trainable_variables)
+            optimizer.build(embedder.trainable_variables
+                            + (aux_head.trainable_variables if aux_head is not None else []))
 
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         # steps done in epoch `epoch_var` when a signal stopped it (0 in every epoch checkpoint)
@@ -544,6 +767,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         state = {"model": embedder, "optimizer": optimizer, "epoch": epoch_var, "step_in_epoch": step_var}
         if bank is not None:
             state["memory_bank"] = bank
+        if aux_head is not None:
+            state["aux_head"] = aux_head
         checkpoint = tf.train.Checkpoint(**state)
         manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir / "state"), max_to_keep=2)
         # every worker saves (it may take collective ops); a non-chief into a scratch folder it removes
@@ -557,6 +782,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         partial_manager = tf.train.CheckpointManager(checkpoint, str(partial_dir), max_to_keep=1)
         latest = partial_manager.latest_checkpoint or manager.latest_checkpoint
         resumed_from = resumed_step = 0
+        if chief:  # a resume with another backbone, embedding size, loss... is refused, not half-restored
+            check_state_signature(ckpt_dir / "state", state_signature(cfg, policy), write=fresh or not latest)
         if latest and not fresh:
             checkpoint.restore(latest).expect_partial()
             resumed_from, resumed_step = int(epoch_var.numpy()), int(step_var.numpy())
@@ -586,8 +813,10 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
 
         stopper = _stop_on_signal(cfg.train.steps_per_epoch, save_partial,
                                   lambda: shutil.rmtree(partial_dir, ignore_errors=True))
-        validation = Validation(val, lambda x: batched_embed(embedder, x, cfg.eval.batch_size),
-                                cfg.loss.margin, cfg.loss.collapse_threshold, guard, interrupt=stopper)
+        # validation embeds as inference does (tripletface.embedder, the model's flip mode)
+        validation = Validation(val, Embedder(embedder, batch_size=cfg.eval.batch_size),
+                                cfg.loss.margin, cfg.loss.collapse_threshold, guard, interrupt=stopper,
+                                loss_distance=cfg.loss.distance)
         history_path = ckpt_dir / "history.jsonl"
 
         def on_save(epoch, logs):
@@ -624,23 +853,36 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
                                "again to resume"}
 
         # ---- the final model, with a threshold picked on validation as its starting default
-        threshold_meta = {}
-        if validation.history:
-            v = validation.history[-1]
-            threshold_meta = {"threshold": v["val_threshold"], "threshold_source": "training validation pairs",
-                              "val_accuracy": v["val_accuracy"]}
         keras.mixed_precision.set_global_policy("float32")
         final = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, image_size, weights=None,
                                         dropout=cfg.model.dropout, width=cfg.model.width,
-                                        metadata={**metadata, **threshold_meta,
-                                                  "epochs_trained": max(resumed_from, cfg.train.epochs)})
+                                        greyscale=cfg.model.greyscale,
+                                        metadata={**metadata, "epochs_trained": max(resumed_from, cfg.train.epochs)})
         final.set_weights(embedder.get_weights())
+        if val is not None:
+            # chosen on the saved model through the inference path itself (Embedder, its flip mode),
+            # so `compare` on these pairs decides exactly as measured here; and also when no epoch
+            # ran (a rerun after the last one)
+            final_embedder = Embedder(final, batch_size=cfg.eval.batch_size)
+            v = validate(val, final_embedder, cfg.loss.margin, cfg.loss.distance)
+            n_pairs = len(val["pairs"][0])
+            M.update_metadata(final, threshold=v["val_threshold"], val_accuracy=v["val_accuracy"],
+                              threshold_source=f"training validation pairs ({n_pairs} pairs of {val['identities']} "
+                                               "held-out identities, best accuracy)",
+                              calibration={"source": "training validation pairs", "target": "accuracy",
+                                           "pairs_used": n_pairs, "accuracy": v["val_threshold_accuracy"],
+                                           "kfold_accuracy": v["val_accuracy"], "aligned": True,
+                                           "flip_tta": final_embedder.flip_tta})
         model_path = M.save_model(final, ckpt_dir / FINAL_MODEL_NAME) if chief else ckpt_dir / FINAL_MODEL_NAME
         elapsed = time.time() - t0
         print(f"training done in {elapsed:.0f}s", file=sys.stderr)
         return {"model_path": str(model_path), "history": hist.history, "resumed_from": resumed_from,
-                "validation": validation.history}
+                "validation": validation.history,
+                "validation_pairs": validation_pairs(val) if val is not None else []}
     except (OSError, tf.errors.OpError) as e:
+        bad_image = D.image_error(e) if isinstance(e, tf.errors.OpError) else None
+        if bad_image is not None:  # a streamed (uncached) file found unreadable at the step that sampled it
+            raise bad_image from None
         if not disk_full(e):
             raise
         state_dir = Path(cfg.train.checkpoint_dir) / "state"

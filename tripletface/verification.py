@@ -432,13 +432,19 @@ def triplet_metrics(d_ap, d_an, margin: float, threshold: float | None = None) -
     """The original design's test metrics on triplets (anchor, positive, negative).
 
     ``d_ap``/``d_an``: anchor-positive and anchor-negative distances, in the units of the
-    loss's margin (e.g. squared L2 for the default loss). Returns
-    ``{"loss", "precision", "recall", "accuracy", "threshold", "ranking_accuracy", "n_triplets"}``:
+    loss's margin (e.g. squared L2 for the default loss); ``threshold`` in the same units
+    (:meth:`tripletface.losses.Distance.from_euclidean` maps a model's stored Euclidean
+    threshold there). Returns ``{"loss", "precision", "recall", "accuracy", "threshold",
+    "ranking_accuracy", "n_triplets", "optimistic_threshold", "optimistic_precision",
+    "optimistic_recall", "optimistic_accuracy"}``:
 
     * ``loss``: mean hinge ``max(d_ap - d_an + margin, 0)``;
     * the (a, p) pairs are positives, the (a, n) pairs negatives, a pair is predicted
-      positive when its distance < ``threshold``; ``threshold=None`` picks the best-accuracy
-      threshold on these pairs (returned). Precision is 0 when nothing is predicted positive;
+      positive when its distance < ``threshold``: ``precision``, ``recall`` and ``accuracy``
+      at the given threshold (chosen elsewhere: the model's stored one); all ``None`` when
+      ``threshold`` is None. Precision is 0 when nothing is predicted positive;
+    * ``optimistic_*``: the same at the best-accuracy threshold picked on these very pairs,
+      an upper bound (tuned on the data it scores), never a measured decision quality;
     * ``ranking_accuracy``: fraction of triplets with ``d_ap < d_an``.
     """
     from sklearn.metrics import precision_score, recall_score
@@ -453,14 +459,20 @@ def triplet_metrics(d_ap, d_an, margin: float, threshold: float | None = None) -
     d = np.concatenate([ap, an])
     s = np.concatenate([np.ones(ap.size, bool), np.zeros(an.size, bool)])
     d, s = _check(d, s)
-    t = best_threshold(d, s)[0] if threshold is None else _check_threshold(threshold)
-    predicted = d < t
+
+    def at(t):
+        predicted = d < t
+        return {"precision": float(precision_score(s, predicted, zero_division=0)),
+                "recall": float(recall_score(s, predicted, zero_division=0)),
+                "accuracy": float(np.mean(predicted == s)), "threshold": float(t)}
+
+    given = (at(_check_threshold(threshold)) if threshold is not None
+             else dict.fromkeys(("precision", "recall", "accuracy", "threshold")))
+    best = at(best_threshold(d, s)[0])
     return {
         "loss": float(np.maximum(ap - an + margin, 0.0).mean()),
-        "precision": float(precision_score(s, predicted, zero_division=0)),
-        "recall": float(recall_score(s, predicted, zero_division=0)),
-        "accuracy": float(np.mean(predicted == s)),
-        "threshold": float(t),
+        **given,
         "ranking_accuracy": float(np.mean(ap < an)),
         "n_triplets": int(ap.size),
+        **{f"optimistic_{k}": v for k, v in best.items()},
     }

@@ -49,6 +49,7 @@ __all__ = [
     "TripletLoss",
     "OnlineTripletLoss",
     "MemoryBank",
+    "MarginSoftmaxHead",
     "EMPTY_LABEL",
     "get_loss",
     "custom_objects",
@@ -79,6 +80,7 @@ _LAZY = {
     "TripletLoss": "tripletface.losses.triplet",
     "OnlineTripletLoss": "tripletface.losses.triplet",
     "MemoryBank": "tripletface.losses.memory_bank",
+    "MarginSoftmaxHead": "tripletface.losses.margin_softmax",
 }
 
 

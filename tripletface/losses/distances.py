@@ -97,6 +97,14 @@ class Distance:
         """Values as 'smaller is closer' (negated for a similarity). Its own inverse."""
         return -values if self.is_inverted else values
 
+    def from_euclidean(self, d):
+        """This distance between unit vectors that lie ``d`` apart in Euclidean distance (NumPy).
+
+        Monotone in ``d``: a Euclidean threshold (the one a model stores) maps to the threshold
+        that makes the same decisions in this distance's units (the margin's units).
+        """
+        raise NotImplementedError
+
     def _matrix(self, x, y):
         raise NotImplementedError
 
@@ -124,6 +132,11 @@ class SquaredL2Distance(Distance):
 
         return ops.sum(ops.square(x - y), axis=-1)
 
+    def from_euclidean(self, d):
+        import numpy as np
+
+        return np.square(np.asarray(d, np.float64))
+
 
 class L2Distance(Distance):
     """||x - y||, with a safe sqrt: a zero distance has gradient 0, never NaN."""
@@ -135,6 +148,11 @@ class L2Distance(Distance):
 
     def _paired(self, x, y):
         return safe_sqrt(SquaredL2Distance()._paired(x, y))
+
+    def from_euclidean(self, d):
+        import numpy as np
+
+        return np.asarray(d, np.float64)
 
 
 class CosineDistance(Distance):
@@ -153,6 +171,11 @@ class CosineDistance(Distance):
 
         cos = ops.sum(_normalize_rows(x) * _normalize_rows(y), axis=-1)
         return ops.maximum(1.0 - cos, 0.0)
+
+    def from_euclidean(self, d):
+        import numpy as np
+
+        return np.square(np.asarray(d, np.float64)) / 2.0  # ||x - y||^2 = 2 - 2 cos for unit vectors
 
 
 DISTANCES = {cls.name: cls for cls in (SquaredL2Distance, L2Distance, CosineDistance)}

@@ -1,0 +1,184 @@
+"""The several-dataset CPU recipe (``--preset faces-cpu``) on the dev protocol, end to end.
+
+Crops lfw-dev and celeba-dev (resumable), then for each LFW dev fold N: trains with fold N's
+identities and a fixed CelebA hold-out excluded, scores fold N's 600 pairs with
+``tripletface evaluate`` (10-fold threshold selection, as every figure in docs/RECIPE.md), and
+scores the CelebA hold-out (identities never trained on, colour photos: the in-domain check)
+on 1,000 pairs of its aligned crops. Every step is a plain command (printed, logged), every
+result a JSON row in OUT/results.jsonl; a fold already scored is skipped and a killed training
+resumes from its checkpoint, so the five hour-long folds can be spread over sessions.
+
+    python benchmarks/faces_recipe.py --folds 1                  # one fold: ~1 hour on 2 cores
+    python benchmarks/faces_recipe.py --folds 1-5                # the dev protocol
+    python benchmarks/faces_recipe.py --folds 1 --set train.epochs=1 train.steps_per_epoch=5   # smoke
+    python benchmarks/faces_recipe.py --table                    # the Markdown table of OUT/results.jsonl
+
+The data: ``--data`` (default ``$TRIPLETFACE_DATA`` or ../shared/data) holding lfw-dev/,
+lfw-dev-pairs.txt and celeba-dev/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+CELEBA_HOLDOUT = 200  # CelebA identities (with 2+ crops) never trained on: the in-domain check
+CELEBA_PAIRS = 1000
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` with its output appended to ``log``; returns its wall seconds."""
+    return common.run_logged(cmd, log, echo=True)
+
+
+def tripletface(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tripletface", *args]
+
+
+def crop_all(data: Path, out: Path, log: Path) -> dict:
+    """Aligned 112 crops of both sets (a finished crop is only re-checked)."""
+    times = {}
+    for name in ("lfw-dev", "celeba-dev"):
+        dest = out / (name.split("-")[0] + "112")
+        times[name] = run(tripletface("crop", str(data / name), str(dest), "--no-progress"), log)
+    return times
+
+
+def celeba_holdout(crops: Path, out: Path) -> Path:
+    """A fixed draw of CelebA identities with 2+ crops, written as ``celeba112/<name>`` lines."""
+    import numpy as np
+
+    path = out / "celeba_holdout.txt"
+    if not path.is_file():
+        names = sorted(d.name for d in crops.iterdir() if d.is_dir() and len(list(d.iterdir())) >= 2)
+        pick = np.random.default_rng(0).choice(len(names), CELEBA_HOLDOUT, replace=False)
+        path.write_text("".join(f"{crops.name}/{names[i]}\n" for i in sorted(pick)))
+    return path
+
+
+def score_celeba(model: Path, crops: Path, holdout: Path) -> dict:
+    """Verification on pairs of the held-out CelebA identities' aligned crops (never trained on)."""
+    import numpy as np
+
+    from tripletface import dataset as D
+    from tripletface import verification as V
+    from tripletface.embedder import Embedder, distance
+
+    names = [line.split("/", 1)[1] for line in holdout.read_text().split()]
+    index = D.index_folder(crops)
+    index = index.subset([i for i, n in enumerate(index.names) if n in set(names)])
+    a, b, same = D.make_val_pairs(index, CELEBA_PAIRS, seed=0)
+    emb, failures = Embedder.load(str(model)).embed_files(list(index.paths), aligned=True)
+    d = distance(emb[a], emb[b])
+    acc = V.kfold_accuracy(d, same, folds=10)
+    roc = V.roc_metrics(d, same)
+    return {"celeba_accuracy": float(acc["mean"]), "celeba_accuracy_sd": float(acc["std"]),
+            "celeba_auc": float(roc["auc"]), "celeba_pairs": int(len(d)), "celeba_identities": index.num_identities,
+            "celeba_failures": len(failures)}
+
+
+def _verification(metrics: dict) -> dict:
+    """The dict of verification numbers (``accuracy_mean``, ``auc``, ...) in evaluate's metrics.json."""
+    if "accuracy_mean" in metrics:
+        return metrics
+    for value in metrics.values():
+        if isinstance(value, dict) and (found := _verification(value)):
+            return found
+    return {}
+
+
+def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> dict:
+    from tripletface.demo import write_fold
+
+    pairs, names = out / f"pairs_fold{fold}.txt", out / f"holdout{fold}.txt"
+    write_fold(args.data / "lfw-dev-pairs.txt", fold, pairs, names)
+    exclude = out / f"exclude{fold}.txt"
+    exclude.write_text(names.read_text() + celeba_holdout(celeba, out).read_text())
+    ckpt = out / f"fold{fold}"
+    train = tripletface("train", "--quiet", "--preset", args.preset, "--set", f"TRAIN_DIR={lfw}",
+                        f"TRAIN_DIR={celeba}", f"CHECKPOINT_DIR={ckpt}", f"TENSORBOARD_LOGDIR={ckpt / 'logs'}",
+                        f"data.exclude_identities={exclude}", *args.set)
+    train_s = run(train, log)
+    report = ckpt / "report"
+    evaluate = tripletface("evaluate", "--model", str(ckpt / "model.keras"), "--data-dir", str(lfw), "--aligned",
+                           "--pairs", str(pairs), "--report-dir", str(report))
+    eval_s = run(evaluate, log)
+    ver = _verification(json.loads((report / "metrics.json").read_text()))
+    row = {"fold": fold, "preset": args.preset, "set": args.set, "train_s": train_s, "eval_s": eval_s,
+           "accuracy": ver["accuracy_mean"], "accuracy_sd": ver["accuracy_std"], "auc": ver["auc"],
+           "accuracy_at_stored_threshold": ver.get("accuracy"), "n_unscored": ver.get("n_unscored"),
+           "eer": ver.get("eer"), "tar_at_far": ver.get("tar_at_far"), "train_command": " ".join(train[1:]),
+           "evaluate_command": " ".join(evaluate[1:]), "loadavg": common.load_average()}
+    row.update(score_celeba(ckpt / "model.keras", celeba, out / "celeba_holdout.txt"))
+    return row
+
+
+def parse_folds(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| held-out fold | LFW accuracy | AUC | EER | CelebA hold-out accuracy | AUC | train min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['fold']} | {r['accuracy']:.3f} ± {r['accuracy_sd'] or 0:.3f} | {r['auc']:.3f} | "
+                     f"{r['eer']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r['train_s'] / 60:.1f} |")
+    if len(rows) > 1:
+        acc = [r["accuracy"] for r in rows]
+        lines.append(f"| **mean ± sd over folds** | **{statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}** | "
+                     f"{statistics.mean(r['auc'] for r in rows):.3f} | {statistics.mean(r['eer'] for r in rows):.3f} | "
+                     f"{statistics.mean(r['celeba_accuracy'] for r in rows):.3f} | "
+                     f"{statistics.mean(r['celeba_auc'] for r in rows):.3f} | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.data_root())
+    parser.add_argument("--out", type=Path, default=Path("runs/faces"))
+    parser.add_argument("--crops", type=Path, default=Path("runs"), help="where the 112 crops go (lfw112/, celeba112/)")
+    parser.add_argument("--folds", default="1")
+    parser.add_argument("--preset", default="faces-cpu")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra training overrides")
+    parser.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and stop")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    if args.table:
+        print(table(rows))
+        return 0
+    log = args.out / "recipe.log"
+    crop_s = crop_all(args.data, args.crops, log)
+    print(f"crop: {crop_s}", file=sys.stderr)
+    lfw, celeba = args.crops / "lfw112", args.crops / "celeba112"
+    for fold in parse_folds(args.folds):
+        if any(r["fold"] == fold and r["preset"] == args.preset and r["set"] == args.set for r in rows):
+            print(f"fold {fold}: already scored (in {results})", file=sys.stderr)
+            continue
+        row = fold_row(fold, args, lfw, celeba, args.out, log)
+        row["crop_s"] = crop_s
+        rows.append(row)
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"fold {fold}: LFW {row['accuracy']:.3f} (AUC {row['auc']:.3f}), CelebA hold-out "
+              f"{row['celeba_accuracy']:.3f}; trained {row['train_s'] / 60:.1f} min", file=sys.stderr)
+    print(table([r for r in rows if r["preset"] == args.preset and r["set"] == args.set]))
+    print(f"load average {common.load_average()} ({os.cpu_count()} CPUs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
