@@ -267,7 +267,8 @@ def index_folder(root: str | os.PathLike) -> FaceIndex:
 
     Images are files with an extension in :data:`IMAGE_EXTENSIONS` (any case); hidden
     files and folders are skipped; identity folders without images are left out.
-    Decoding is not checked here (see :func:`check_images`).
+    Decoding is not checked here (see :func:`check_images`). One directory listing per
+    identity: 2 s for 500k files (docs/PERFORMANCE.md, "Scale").
 
     Raises:
         InputError: the folder is missing or holds no images, or fewer than 2 identities
