@@ -196,10 +196,6 @@ class FaceIndex:
                          self.sources, self.identity_source)
         return kept.subset(np.unique(kept.labels))
 
-    def source(self, s: int) -> "FaceIndex":
-        """The identities of source number ``s`` (for a one-folder index, s = 0 is all of it)."""
-        return self.subset(np.flatnonzero(self.source_ids() == s))
-
     def without(self, names: typing.Iterable[str]) -> "FaceIndex":
         """This index minus the identities called ``names`` (unknown names are ignored here;
         :func:`exclude_identities` is the checked version training uses)."""

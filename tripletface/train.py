@@ -629,7 +629,7 @@ def _source_records(cfg, index, dirs: list[Path]) -> list[dict]:
     out = []
     for i, (row, d) in enumerate(zip(index.source_summary(), dirs)):
         terms = cfg.data.source_terms[i] if cfg.data.source_terms else source_terms(d)
-        out.append({**row, "name": row["name"] if index.sources else d.name, "path": str(d), "terms": terms})
+        out.append({**row, "path": str(d), "terms": terms})
     return out
 
 
