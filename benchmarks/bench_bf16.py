@@ -15,6 +15,10 @@
 
     python benchmarks/bench_bf16.py                               # speed + accuracy (~15 min on 2 cores)
     python benchmarks/bench_bf16.py --skip-accuracy --configs resnet50@112,mobilenet@112
+    python benchmarks/bench_bf16.py --configs "" --acc-epochs 5 --acc-steps 60 --acc-seeds 1,2   # accuracy only
+
+The accuracy row needs a CPU with AVX512_BF16 or AMX: elsewhere bfloat16 is emulated and its
+training runs about 6x slower than float32 (docs/PERFORMANCE.md, issue 14).
 """
 
 from __future__ import annotations

@@ -10,8 +10,18 @@ Both run in this process on the same LFW images (an evenly spaced ``--limit`` su
 
 Targets (issue 2): crop >= 4x the baseline's images/second, and >= 99% of images giving a face.
 
+``--ratio`` (issue 14) instead measures, in one warm process, the steady throughput of
+``crop_dataset`` (the whole call, as ``tripletface crop`` makes it) and of
+``Embedder.embed_files(aligned=False)`` (bundled model, batch 64) against the ``mtcnn``
+package's own batched call, ``MTCNN().detect_faces(list)`` on chunks of ``crop.detect_batch``
+photos decoded and half-scaled beforehand (detection only; tripletface detects at
+``detect_scale`` 0.5): each contender gets one untimed pass, then they alternate for
+``--rounds`` rounds on the same photos. ``--repo`` times another checkout's tripletface (e.g.
+a ``git worktree`` of HEAD) with this script. Target: ratio >= 0.9, >= 99% of faces found.
+
     python benchmarks/bench_crop.py                 # 1500 images, baseline on 200
     python benchmarks/bench_crop.py --limit 0 --json bench_crop.json   # all of lfw-dev
+    python benchmarks/bench_crop.py --ratio --limit 300 --rounds 3     # issue 14's ratios
 """
 
 from __future__ import annotations
@@ -73,6 +83,80 @@ def run_crop(files: list[Path], workers: int) -> dict:
                 "detect_batch": cfg.crop.detect_batch, "workers": workers or os.cpu_count()}}
 
 
+def run_ratio(files: list[Path], rounds: int, overrides: list[str], embed: bool) -> dict:
+    """Steady img/s of crop_dataset (and embed_files) against mtcnn's batched call, alternated."""
+    import shutil
+
+    import numpy as np
+    from mtcnn import MTCNN
+    from PIL import Image
+
+    from tripletface.config import load_config
+    from tripletface.crop import crop_dataset
+
+    cfg = load_config(overrides=overrides).crop
+    scale, batch = float(cfg.detect_scale), int(cfg.detect_batch)
+    halves = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            halves.append(np.asarray(im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                               Image.BILINEAR)))
+    detector = MTCNN()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ratio_"))
+    link_dataset(files, tmp / "in")
+    runs = {"n": 0}
+
+    def mtcnn_pass():
+        t0 = time.perf_counter()
+        found = sum(bool(faces) for s in range(0, len(halves), batch)
+                    for faces in detector.detect_faces(halves[s:s + batch]))
+        return len(halves) / (time.perf_counter() - t0), found
+
+    def crop_pass():
+        runs["n"] += 1
+        out = tmp / f"out{runs['n']}"
+        t0 = time.perf_counter()
+        summary = crop_dataset(tmp / "in", out, cfg, progress=False)
+        seconds = time.perf_counter() - t0
+        shutil.rmtree(out, ignore_errors=True)
+        return summary.processed / seconds, summary.counts.get("ok", 0)
+
+    contenders = {"mtcnn": mtcnn_pass, "crop": crop_pass}
+    if embed:
+        from tripletface.embedder import Embedder
+
+        emb = Embedder.load(None, batch_size=64)
+        paths = [str(f) for f in files]
+
+        def embed_pass():
+            t0 = time.perf_counter()
+            _, failures = emb.embed_files(paths, aligned=False)
+            return len(paths) / (time.perf_counter() - t0), len(paths) - len(failures)
+
+        contenders["embed"] = embed_pass
+    try:
+        for fn in contenders.values():
+            fn()  # untimed: first calls, tracing
+        per_round = {k: [] for k in contenders}
+        found = {}
+        for r in range(rounds):
+            for k, fn in contenders.items():
+                speed, found[k] = fn()
+                per_round[k].append(speed)
+            line = ", ".join(f"{k} {per_round[k][-1]:.1f}" for k in contenders)
+            ratios = ", ".join(f"{k}/mtcnn {per_round[k][-1] / per_round['mtcnn'][-1]:.3f}"
+                               for k in contenders if k != "mtcnn")
+            print(f"round {r + 1}: img/s {line}; {ratios}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {"images": len(files), "rounds": rounds, "detect_batch": batch, "detect_scale": scale,
+           "img_s": per_round, "found": found}
+    out["ratios"] = {k: [a / b for a, b in zip(per_round[k], per_round["mtcnn"])] for k in contenders if k != "mtcnn"}
+    out["median_ratio"] = {k: common.median(v) for k, v in out["ratios"].items()}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=common.data_root() / "lfw-dev", help="lfw-dev folder")
@@ -80,7 +164,17 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-limit", type=int, default=200, help="images for the one-at-a-time baseline")
     parser.add_argument("--workers", type=int, default=0, help="crop threads (0 = CPUs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--ratio", action="store_true",
+                        help="steady crop (and embed) vs mtcnn's batched call at the same scale (issue 14)")
+    parser.add_argument("--rounds", type=int, default=3, help="--ratio: alternated rounds")
+    parser.add_argument("--no-embed", dest="embed", action="store_false", help="--ratio: crop only")
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="--ratio: time the tripletface of this checkout (e.g. a git worktree of HEAD)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--ratio: config override for crop (e.g. crop.png_compression=3)")
     args = parser.parse_args(argv)
+    if args.repo is not None:
+        sys.path.insert(0, str(args.repo.resolve()))
     if not args.data.is_dir():
         print(f"error: {args.data}: LFW data not found (set TRIPLETFACE_DATA or --data)", file=sys.stderr)
         return 2
@@ -88,6 +182,23 @@ def main(argv=None) -> int:
     if not files:
         print(f"error: {args.data}: no images", file=sys.stderr)
         return 2
+    if args.ratio:
+        import tripletface
+
+        result = run_ratio(files, args.rounds, args.overrides, args.embed)
+        result.update({"tripletface": str(Path(tripletface.__file__).parent), "overrides": args.overrides,
+                       "machine": common.machine_info()})
+        ok = True
+        for k, v in result["median_ratio"].items():
+            faces = result["found"][k] / result["images"]
+            ok = ok and v >= 0.9 and faces >= 0.99
+            print(f"{k}: median steady ratio {v:.3f} of mtcnn detect_faces(list) (target >= 0.9); faces "
+                  f"{result['found'][k]}/{result['images']} = {faces:.2%} (target >= 99%)")
+        print(f"tripletface from {result['tripletface']} -> {'PASS' if ok else 'FAIL'}")
+        result["passed"] = ok
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return 0
     base_files = files[: max(1, min(args.baseline_limit, len(files)))]
 
     crop = run_crop(files, args.workers)

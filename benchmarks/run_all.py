@@ -13,6 +13,8 @@ bf16 accuracy  LFW dev pairs after the same budget, bf16    same in float32     
 crop           tripletface crop (whole job)                 mtcnn.detect_faces one at a time     >= 4x
 cold start     tripletface compare A B --aligned            import tensorflow + load the model   <= 1.3x
 scale          epoch time / identify latency vs size        bare step / bare mat-vec             (a table)
+peers (only    crop, embed, train step (peers.py, issue 14)  mtcnn, face_recognition, PyTorch     0.9x, 5x,
+with --only)                                                 (in their own venv; else SKIPPED)    1.2x
 =============  ===========================================  ===================================  ===========
 
     python benchmarks/run_all.py                      # everything (about 15 min on this 2-core machine)
@@ -40,6 +42,9 @@ import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("train", "embed", "bf16", "crop", "cold", "scale")
+# run only when named in --only: peers.py (issue 14: the peers users would pick instead, in their own
+# venv made by `python benchmarks/peers.py --install`) takes about as long as everything above
+OPTIONAL_SECTIONS = ("peers",)
 
 
 def section_commands(quick: bool, crops: Path | None) -> dict[str, list[str]]:
@@ -53,6 +58,7 @@ def section_commands(quick: bool, crops: Path | None) -> dict[str, list[str]]:
             "crop": ["bench_crop.py", "--limit", "300", "--baseline-limit", "40"],
             "cold": ["bench_coldstart.py", "--models", "mobilenet@112", "--repeat", "3"] + c,
             "scale": ["bench_scale.py", "--train-sizes", "1000,6909", "--steps", "3"] + c,
+            "peers": ["peers.py", "--images", "100", "--rounds", "2", "--steps", "4"] + c,
         }
     return {
         "train": ["bench_train.py", "--steps", "4", "--rounds", "3", "--batch", "16"] + c,
@@ -63,6 +69,7 @@ def section_commands(quick: bool, crops: Path | None) -> dict[str, list[str]]:
         "crop": ["bench_crop.py", "--limit", "1000", "--baseline-limit", "100"],
         "cold": ["bench_coldstart.py", "--models", "mobilenet@112,resnet50@112", "--repeat", "5"] + c,
         "scale": ["bench_scale.py", "--train-sizes", "1000,6909,20000", "--steps", "4"] + c,
+        "peers": ["peers.py", "--images", "300", "--rounds", "3"] + c,
     }
 
 
@@ -172,6 +179,14 @@ def build_rows(sections: dict) -> list[dict]:
             add(f"scale identify search, {r['entries']} entries (mat-vec/search)", r["search_ms"],
                 r["bare_matvec_ms"], r["ratio"], None, None, r["peak_rss_mib"], "ms",
                 f"gallery load {r['load_s'] * 1e3:.0f} ms")
+    d = sections.get("peers", {}).get("data")
+    for r in (d or {}).get("rows", []):
+        if r["target"]:
+            ours = next((o for o in d["rows"] if o["ours"] and o["stage"] == r["stage"]), {})
+            add(f"peers {r['stage']}: ours / {r['contender']} (whole / steady {common.fmt(r['ratio_whole'], '.2f')})",
+                ours.get("steady_img_s"), r["steady_img_s"], r["ratio_steady"], None, None, None, "img/s",
+                f"target {r['target']}; " + (r["skip"] or r["error"] or r["note"] or ""),
+                ok={"met": True, "MISSED": False}.get(r["status"]))
     return rows
 
 
@@ -186,16 +201,18 @@ def print_rows(rows: list[dict], file=None) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help="comma-separated sections: " + ",".join(SECTIONS + OPTIONAL_SECTIONS)
+                        + " (default: all but " + ",".join(OPTIONAL_SECTIONS) + ")")
     parser.add_argument("--quick", action="store_true", help="smaller runs")
     parser.add_argument("--crops", type=Path, default=None, help="aligned crops (default: see bench_train.py)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"),
                         help="write everything here (default: %(default)s)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in only if s not in SECTIONS]
+    unknown = [s for s in only if s not in SECTIONS + OPTIONAL_SECTIONS]
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}")
     commands = section_commands(args.quick, args.crops)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     sections = {}

@@ -84,6 +84,30 @@ def test_export_without_flip_tta_is_the_bare_keras_model(faces, embedder, tmp_pa
     assert np.abs(with_tta - ref).max() > 1e-3
 
 
+def test_export_folds_batch_norm_unless_told_not_to(model_path, faces, embedder, tmp_path, capsys):
+    import tensorflow as tf
+
+    from tripletface.embedder import resize_images
+    from tripletface.export import export_model, load_exported
+
+    ref = np.asarray(embedder.model(resize_images(faces, (64, 64)), training=False), np.float64)
+    folded = export_model(embedder, tmp_path / "folded", "savedmodel", flip_tta=False)
+    rc, stdout, err = run_cli(capsys, "export", "--model", model_path, "--format", "savedmodel", "--no-flip-tta",
+                              "--no-fold-batch-norm", tmp_path / "kept")
+    assert rc == 0, err
+    assert "0 BatchNorm layers folded" in stdout
+    kept = tmp_path / "kept"
+    counts = {}
+    for out in (folded, kept):
+        runner = load_exported(out)
+        _check_parity(runner.embed(faces), ref, min_pairwise_distance(ref), 1e-6)
+        saved_variables = tf.train.list_variables(str(out / "variables" / "variables"))
+        counts[out.name] = (runner.metadata["batch_norm_folded"], len(saved_variables))
+    # small_cnn: 8 conv -> BN pairs; each fold drops BN's 4 variables and gives the conv a bias
+    assert counts["folded"][0] == 8 and counts["kept"][0] == 0
+    assert counts["kept"][1] - counts["folded"][1] == 8 * 3
+
+
 # Quantised TFLite: stated tolerances (min cosine to the float model on real faces).
 QUANT_COSINE = {"float16": 1e-3, "int8": 2e-2}
 

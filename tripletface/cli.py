@@ -8,6 +8,7 @@ Each subcommand lives in its own module, which exposes ``add_arguments(parser)``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -196,7 +197,9 @@ def import_tensorflow_quietly() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import keras  # noqa: F401
+        with _without_optional_keras_imports():
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
         import tensorflow as tf
 
         if not os.environ.get("TF_CONFIG"):  # a multi-worker strategy must be created before the first op
@@ -205,6 +208,40 @@ def import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+# Imported by Keras at load time only for features no command uses: its scikit-learn estimator
+# wrappers (``keras.wrappers``: sklearn, and scipy through it) and its plotting helpers
+# (``keras.visualization``: matplotlib.pyplot). Both are optional in Keras (``try: import ...
+# except ImportError``). Measured (docs/PERFORMANCE.md, "Start-up"): 2.2 s of the 7.2 s that
+# ``import tensorflow`` takes on this project's 2-core machine. The commands that do use them
+# (evaluate, calibrate, report) import them afterwards, normally, when they need them.
+OPTIONAL_KERAS_IMPORTS = ("sklearn", "matplotlib")
+
+
+@contextlib.contextmanager
+def _without_optional_keras_imports():
+    """Within the block, ``import sklearn`` / ``import matplotlib`` raise ImportError (unless already
+    imported, or ``TRIPLETFACE_FULL_IMPORT=1``); afterwards both import normally. A TensorFlow that
+    failed half-way cannot be imported again in the same process (it aborts), so an ImportError
+    here is a one-line error that names the switch, not a retry."""
+    blocked = [] if os.environ.get("TRIPLETFACE_FULL_IMPORT") else \
+        [m for m in OPTIONAL_KERAS_IMPORTS if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # the import system's "not importable" marker
+    try:
+        yield
+    except ImportError as e:
+        if not blocked:
+            raise
+        from tripletface.errors import TripletfaceError
+
+        raise TripletfaceError(f"importing TensorFlow/Keras failed with {', '.join(blocked)} held back to start "
+                               f"faster ({e}); run again with TRIPLETFACE_FULL_IMPORT=1") from None
+    finally:
+        for m in blocked:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,11 @@ INPUT_DIR inside OUTPUT_DIR) is refused before anything is written. Output names
 OUTPUT_DIR (no ``..``, no NUL, no folder symlinked out of it) and within 255 bytes (a longer
 name is cut and given a hash, so two long names do not collide).
 
-Parallel: decoding and PNG writing run in a thread pool (``--workers``), detection runs in
-batches of ``crop.detect_batch`` images; ``--shard i/n`` (i = 0..n-1) splits the
-identities between machines (each writes ``manifest-<i>of<n>.jsonl``).
+Parallel: a pipeline (:meth:`tripletface.faces.FaceCropper.stream`) detects batches of
+``crop.detect_batch`` images while a thread pool (``--workers``) decodes and shrinks the next
+batches and aligns, measures, encodes (PNG at ``crop.png_compression``, lossless at any level)
+and writes the previous one; ``--shard i/n`` (i = 0..n-1) splits the identities between
+machines (each writes ``manifest-<i>of<n>.jsonl``).
 
 Example::
 
@@ -51,15 +53,14 @@ import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from tripletface.errors import DiskFullError, ImageError, InputError, disk_full
+from tripletface.errors import DiskFullError, InputError, disk_full
 from tripletface.folders import check_apart
 from tripletface.imageio import is_image_file
 
@@ -618,50 +619,48 @@ def _check_crop_config(crop_cfg) -> None:
 
 def _process(todo, cropper, names, test_ids, in_root: Path, out_root: Path, tmp_dir: Path, crop_cfg,
              emit, bar) -> int:
-    """Read in threads, detect in batches, write in threads; ``emit`` one row per input.
+    """Read, detect, align and write as a pipeline (:meth:`FaceCropper.stream`); ``emit`` one row per
+    input, in input order, once its crop is written.
 
-    ``test_ids`` is None without a train/test split, else the set of test identities.
+    While chunk ``k`` is detected, chunks ``k+1`` and ``k+2`` are read and shrunk for detection, and
+    chunk ``k-1`` is aligned, measured, PNG-encoded and written, all in the pool of ``crop.workers``
+    threads. ``test_ids`` is None without a train/test split, else the set of test identities.
     """
     import cv2
 
     batch = int(crop_cfg.detect_batch)
     workers = crop_cfg.workers or (os.cpu_count() or 1)
     image_format = crop_cfg.image_format
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
-
-    def load(item: InputItem):
-        try:
-            return cropper.read(in_root / item.source), None
-        except ImageError as e:
-            return None, e
-
+    params = ([cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg"
+              else [cv2.IMWRITE_PNG_COMPRESSION, int(crop_cfg.png_compression)])
     real_out = os.path.realpath(out_root)
 
-    def write(rel: str, aligned: np.ndarray) -> None:
+    def read(item: InputItem) -> np.ndarray:
+        return cropper.read(in_root / item.source)
+
+    def write(item: InputItem, res) -> Optional[str]:
+        """Write an ok crop (in a pool thread); the output path, or None where it would leave OUTPUT_DIR."""
+        if not res.ok:
+            return None
+        rel = names[item.source]
+        if not _inside(str(out_root), rel):
+            return None
         target = out_root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         real_parent = os.path.realpath(target.parent)
         if real_parent != real_out and not real_parent.startswith(real_out + os.sep):
             raise _OutsideOutput(f"{target.parent} leads outside OUTPUT_DIR (a symlink); not written")
-        ok, buf = cv2.imencode("." + image_format, cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR), params)
+        ok, buf = cv2.imencode("." + image_format, cv2.cvtColor(res.aligned, cv2.COLOR_RGB2BGR), params)
         if not ok:
             raise OSError(f"cannot encode {rel}")
         _atomic_write_bytes(target, buf.tobytes(), tmp_dir)
+        return rel
 
     chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)]
     n = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, bar:
-        pending = []  # read futures of the next chunks (prefetch 2)
-        for k in range(min(2, len(chunks))):
-            pending.append([pool.submit(load, it) for it in chunks[k]])
-        for k, chunk in enumerate(chunks):
-            loaded = [f.result() for f in pending.pop(0)]
-            if k + 2 < len(chunks):
-                pending.append([pool.submit(load, it) for it in chunks[k + 2]])
-            images = [img for img, err in loaded if err is None]
-            results = iter(_process_safely(cropper, images))
-            rows, writes = [], []
-            for item, (img, err) in zip(chunk, loaded):
+    with bar, closing(cropper.stream(chunks, read=read, then=write, workers=workers, safe=True)) as stream:
+        for done in stream:
+            for item, err, res, outcome in done:
                 split = None if test_ids is None else ("test" if item.identity in test_ids else "train")
                 row = {"source": item.source, "identity": item.identity, "split": split}
                 if err is not None:
@@ -669,55 +668,33 @@ def _process(todo, cropper, names, test_ids, in_root: Path, out_root: Path, tmp_
                                           getattr(err, "reason", str(err))))
                     row["split"] = split
                 else:
-                    res = next(results)
                     row.update({"status": res.status, "reason": res.reason, "output": None})
                     rec = res.to_dict()
                     rec.pop("status")
                     rec.pop("reason")
                     row.update(rec)
                     if res.ok:
-                        rel = names[item.source]
-                        if not _inside(str(out_root), rel):
+                        if isinstance(outcome, _OutsideOutput):
+                            row.update({"status": "skipped", "reason": str(outcome), "output": None})
+                        elif isinstance(outcome, OSError):
+                            if disk_full(outcome):
+                                raise outcome  # the disk is full: stop (see _exclusive_output), don't fail every image
+                            row.update({"status": "write_failed", "reason": f"cannot write output ({outcome})",
+                                        "output": None})
+                        elif isinstance(outcome, BaseException):
+                            raise outcome
+                        elif outcome is None:
                             row.update({"status": "skipped", "reason": "output path would leave OUTPUT_DIR"})
                         else:
-                            row["output"] = rel
-                            writes.append((row, pool.submit(write, rel, res.aligned)))
-                rows.append(row)
-            for row, fut in writes:
-                try:
-                    fut.result()
-                except _OutsideOutput as e:
-                    row.update({"status": "skipped", "reason": str(e), "output": None})
-                except OSError as e:
-                    if disk_full(e):
-                        raise  # the disk is full: stop (see _exclusive_output), don't fail every image
-                    row.update({"status": "write_failed", "reason": f"cannot write output ({e})", "output": None})
-            for row in rows:
+                            row["output"] = outcome
                 emit(row)
                 n += 1
-            bar.update(len(chunk))
+            bar.update(len(done))
     return n
 
 
 class _OutsideOutput(Exception):
     """An output folder that resolves outside OUTPUT_DIR (a symlink planted in it)."""
-
-
-def _process_safely(cropper, images: list) -> list:
-    """``cropper.process``; if a batch fails unexpectedly, image by image, failures as ``error`` rows."""
-    from tripletface.faces import FaceResult
-
-    try:
-        return cropper.process(images)
-    except Exception:  # noqa: BLE001 - one odd image must not stop a 500k-image run
-        out = []
-        for img in images:
-            try:
-                out.extend(cropper.process([img]))
-            except Exception as e:  # noqa: BLE001
-                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                out.append(FaceResult(status="error", reason=f"detection/alignment failed: {msg}"))
-        return out
 
 
 # ----------------------------------------------------------------------------- test triplets

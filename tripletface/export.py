@@ -10,7 +10,8 @@ The exported graph holds every step after alignment, so no caller reimplements t
    to [0, 255] (exactly :func:`tripletface.embedder.resize_images`; a no-op at the
    model's own size);
 3. the model itself (its ``FacePreprocess`` layer maps pixels to what the backbone
-   expects; its last layer L2-normalises);
+   expects; its last layer L2-normalises), each BatchNorm that follows a convolution folded
+   into it (:mod:`tripletface.fold`; ``--no-fold-batch-norm`` keeps them);
 4. with flip test-time augmentation (the model's ``flip_tta`` setting, as
    :class:`~tripletface.embedder.Embedder` does): the embedding of the face plus that
    of its mirror image, re-normalised.
@@ -112,7 +113,7 @@ def build_serving_function(model, flip_tta: bool = False):
     return serve
 
 
-def _export_metadata(embedder, fmt: str, quantize: str | None, flip_tta: bool) -> dict:
+def _export_metadata(embedder, fmt: str, quantize: str | None, flip_tta: bool, folded: int = 0) -> dict:
     from tripletface import __version__
 
     meta = embedder.metadata
@@ -130,6 +131,7 @@ def _export_metadata(embedder, fmt: str, quantize: str | None, flip_tta: bool) -
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", embedder.dim], "l2_normalised": True},
         "image_size": list(embedder.image_size),
         "flip_tta": bool(flip_tta),
+        "batch_norm_folded": int(folded),  # BatchNorm layers folded into their convolution (tripletface.fold)
         "metric": "euclidean",
         "threshold": meta.get("threshold"),
         "threshold_source": meta.get("threshold_source"),
@@ -217,7 +219,7 @@ def _write_onnx(serve, out: Path, metadata: dict) -> None:
 
 
 def export_model(model, out, fmt: str, quantize: str | None = None, flip_tta: bool | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, fold_batch_norm: bool = True) -> Path:
     """Export ``model`` (a ``.keras`` path, a ``keras.Model`` or an :class:`Embedder`) to ``out``.
 
     Args:
@@ -227,6 +229,9 @@ def export_model(model, out, fmt: str, quantize: str | None = None, flip_tta: bo
         quantize: ``None``, or for ``tflite`` only ``int8`` (dynamic range) or ``float16``.
         flip_tta: average with the mirror image; ``None`` = the model's setting (as :class:`Embedder`).
         overwrite: replace an existing ``out``.
+        fold_batch_norm: fold each BatchNorm that follows a convolution into it
+            (:func:`tripletface.fold.fold_batch_norm`; the same embeddings within float rounding,
+            a smaller and faster graph).
 
     Returns:
         ``out``. The write is atomic: a failed export leaves nothing behind.
@@ -255,15 +260,20 @@ def export_model(model, out, fmt: str, quantize: str | None = None, flip_tta: bo
     else:
         embedder = Embedder(model)
     tta = embedder.flip_tta if flip_tta is None else bool(flip_tta)
-    serve = build_serving_function(embedder.model, flip_tta=tta)
-    metadata = _export_metadata(embedder, fmt, quantize, tta)
+    net, folded = embedder.model, 0
+    if fold_batch_norm:
+        from tripletface.fold import fold_batch_norm as fold
+
+        net, folded, _ = fold(net)
+    serve = build_serving_function(net, flip_tta=tta)
+    metadata = _export_metadata(embedder, fmt, quantize, tta, folded)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         staged = tmp / out.name
         if fmt == "savedmodel":
-            _write_savedmodel(serve, embedder.model, staged)
+            _write_savedmodel(serve, net, staged)
         elif fmt == "tflite":
             _write_tflite(serve, staged, quantize)
         else:
@@ -377,6 +387,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="tflite only: int8 (dynamic-range: int8 weights) or float16 weights")
     add_flip_argument(parser)
+    parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",
+                        help="keep the BatchNorm layers (default: fold each one that follows a convolution into it)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
@@ -393,7 +405,9 @@ def run(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.model)
     print(f"exporting {embedder.name} ({embedder.image_size[0]}x{embedder.image_size[1]}, {embedder.dim}-d) "
           f"to {args.fmt}{' ' + args.quantize if args.quantize else ''} ...", file=sys.stderr)
-    export_model(embedder, out, args.fmt, quantize=args.quantize, flip_tta=args.flip_tta, overwrite=args.overwrite)
+    export_model(embedder, out, args.fmt, quantize=args.quantize, flip_tta=args.flip_tta, overwrite=args.overwrite,
+                 fold_batch_norm=getattr(args, "fold_batch_norm", True))
     meta = metadata_path(out, args.fmt)
-    print(f"wrote {out} (metadata: {meta})")
+    folded = read_export_metadata(out).get("batch_norm_folded", 0)
+    print(f"wrote {out} (metadata: {meta}; {folded} BatchNorm layers folded into their convolutions)")
     return 0

@@ -32,6 +32,7 @@ Quality measures (on every ``ok`` result):
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -229,7 +230,23 @@ class FaceCropper:
         no context around the face and is often missed. Boxes and landmarks found that way are
         mapped back to the original image, and the result says ``detect_path="padded"``.
         """
-        detections = self.detector.detect_batch(images) if len(images) else []
+        detections, paths = self.detect(images)
+        return [self.complete(img, dets, path) for img, dets, path in zip(images, detections, paths)]
+
+    def prepare(self, image: np.ndarray):
+        """The detector's per-image preparation (:meth:`tripletface.detect.Detector.prepare`), to run
+        ahead in a reader thread; pass the results to :meth:`detect`."""
+        return self.detector.prepare(image)
+
+    def detect(self, images: list[np.ndarray], prepared=None) -> tuple[list[list[Detection]], list[str]]:
+        """The detection half of :meth:`process`: ``(detections per image, detect path per image)``,
+        the padded retry included. ``prepared``: :meth:`prepare` of each image, or None."""
+        if not len(images):
+            return [], []
+        if prepared is not None and any(p is not None for p in prepared):
+            detections = self.detector.detect_batch(images, prepared=prepared)
+        else:
+            detections = self.detector.detect_batch(images)
         paths = ["direct"] * len(images)
         if self.pad_retry:
             again = [i for i, dets in enumerate(detections) if not dets]
@@ -238,13 +255,17 @@ class FaceCropper:
                 for i, (_, offset), dets in zip(again, padded, self.detector.detect_batch([p for p, _ in padded])):
                     detections[i] = [_shifted(d, -offset) for d in dets]
                     paths[i] = "padded"
-        results = [self.finish(img, dets) for img, dets in zip(images, detections)]
-        for r, path in zip(results, paths):
-            if r.status != "no_face":
-                r.detect_path = path
-            elif self.pad_retry:
-                r.reason += f"; none on a copy padded by {PAD_FRACTION:.0%} either"
-        return results
+        return detections, paths
+
+    def complete(self, image: np.ndarray, detections: list[Detection], path: str = "direct") -> FaceResult:
+        """The per-image half of :meth:`process` (:meth:`finish`, plus the detect path): OpenCV and
+        NumPy work that releases the GIL, so it can run in a thread while the next batch is detected."""
+        r = self.finish(image, detections)
+        if r.status != "no_face":
+            r.detect_path = path
+        elif self.pad_retry:
+            r.reason += f"; none on a copy padded by {PAD_FRACTION:.0%} either"
+        return r
 
     def finish(self, image: np.ndarray, detections: list[Detection]) -> FaceResult:
         """Select, align and measure, given the detections of ``image``."""
@@ -282,22 +303,123 @@ class FaceCropper:
         """Read (in threads) and :meth:`process` files, ``batch`` at a time; unreadable files
         get their read status (``missing``, ``unreadable``, ``too_large``, ...)."""
         paths = list(paths)
-        results: list[FaceResult] = []
+        chunks = [paths[s:s + max(1, batch)] for s in range(0, len(paths), max(1, batch))]
+        return [_read_failure(err) if err is not None else res
+                for chunk in self.stream(chunks) for _, err, res, _ in chunk]
 
-        def load(p):
+    def stream(self, chunks, read=None, then=None, workers: int = 0, safe: bool = False):
+        """Crop chunks of files as a pipeline; yields, per chunk and in order, a list of
+        ``(source, read error or None, FaceResult or None, outcome)``.
+
+        The stages overlap: while chunk ``k`` is detected (in the calling thread: TensorFlow),
+        the files of chunks ``k+1`` and ``k+2`` are read and made ready for the detector
+        (:meth:`prepare`), and chunk ``k-1`` is aligned and measured (:meth:`complete`) and
+        handed to ``then``, in a pool of ``workers`` threads (0 = this cropper's ``workers``):
+        decoding, OpenCV and zlib release the GIL. A chunk is yielded once all of its work
+        is done, while the next one is detected. Results are those of :meth:`process` on each
+        chunk's readable images.
+
+        Args:
+            chunks: iterable of lists of sources (one detector call per list).
+            read: ``source -> image`` (default :meth:`read`); an :class:`ImageError` it raises
+                becomes the item's read error.
+            then: ``(source, result) -> outcome``, run in the pool after :meth:`complete`: its
+                return value, or the exception it raised, is the item's ``outcome`` (None
+                without ``then``).
+            safe: when detecting or aligning raises unexpectedly, detect the chunk image by image
+                and give a failing image an ``error`` result (one odd image must not stop a long
+                run); otherwise the exception propagates.
+        """
+        import collections
+
+        read = read or self.read
+
+        def load(src):
             try:
-                return self.read(p), None
+                img = read(src)
             except ImageError as e:
-                return None, e
+                return None, None, e
+            try:
+                return img, self.prepare(img), None
+            except Exception:  # noqa: BLE001 - detection meets it again and reports it
+                return img, None, None
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(paths) or 1))) as pool:
-            for start in range(0, len(paths), max(1, batch)):
-                loaded = list(pool.map(load, paths[start:start + max(1, batch)]))
-                found = iter(self.process([img for img, err in loaded if err is None]))
-                for img, err in loaded:
-                    if err is not None:
-                        results.append(FaceResult(status=getattr(err, "status", "unreadable"),
-                                                  reason=getattr(err, "reason", str(err))))
-                    else:
-                        results.append(next(found))
-        return results
+        def finish(src, img, dets, path):
+            if isinstance(dets, FaceResult):
+                res = dets
+            else:
+                try:
+                    res = self.complete(img, dets, path)
+                except Exception as e:  # noqa: BLE001
+                    if not safe:
+                        raise
+                    res = _error_result(e)
+            if then is None:
+                return res, None
+            try:
+                return res, then(src, res)
+            except Exception as e:  # noqa: BLE001 - the caller decides
+                return res, e
+
+        chunks = iter(chunks)
+        n_workers = max(1, workers or self.workers)
+        pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="tripletface-crop")
+        try:
+            reads = collections.deque()  # (sources, read futures) of the next chunks
+            for chunk in itertools.islice(chunks, 2):
+                reads.append((chunk, [pool.submit(load, s) for s in chunk]))
+            done = None  # (sources, reads, finish futures) of the chunk being aligned
+            while reads:
+                sources, futures = reads.popleft()
+                loaded = [f.result() for f in futures]
+                for chunk in itertools.islice(chunks, 1):
+                    reads.append((chunk, [pool.submit(load, s) for s in chunk]))
+                ok = [k for k, (_, _, err) in enumerate(loaded) if err is None]
+                dets = self._detect_safely([loaded[k][0] for k in ok], [loaded[k][1] for k in ok], safe)
+                by_index = dict(zip(ok, dets))
+                jobs = {k: pool.submit(finish, sources[k], loaded[k][0], *by_index[k]) for k in ok}
+                if done is not None:
+                    yield _gather(*done)
+                done = (sources, loaded, jobs)
+            if done is not None:
+                yield _gather(*done)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _detect_safely(self, images, prepared, safe: bool) -> list[tuple]:
+        """``(detections, path)`` per image (or ``(error FaceResult, None)`` when ``safe``)."""
+        if not images:
+            return []
+        try:
+            return list(zip(*self.detect(images, prepared)))
+        except Exception:  # noqa: BLE001
+            if not safe:
+                raise
+        out = []
+        for img, prep in zip(images, prepared):
+            try:
+                (dets,), (path,) = self.detect([img], [prep])
+                out.append((dets, path))
+            except Exception as e:  # noqa: BLE001
+                out.append((_error_result(e), None))
+        return out
+
+
+def _gather(sources, loaded, jobs) -> list[tuple]:
+    out = []
+    for k, (src, (_, _, err)) in enumerate(zip(sources, loaded)):
+        if err is not None:
+            out.append((src, err, None, None))
+        else:
+            res, outcome = jobs[k].result()
+            out.append((src, None, res, outcome))
+    return out
+
+
+def _read_failure(err) -> FaceResult:
+    return FaceResult(status=getattr(err, "status", "unreadable"), reason=getattr(err, "reason", str(err)))
+
+
+def _error_result(e: Exception) -> FaceResult:
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return FaceResult(status="error", reason=f"detection/alignment failed: {msg}")

@@ -202,7 +202,12 @@ def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, 
     meta.update({"backbone": backbone, "embedding_dim": int(embedding_dim), "image_size": [h, w],
                  "preprocess": PREPROCESS_MODES[backbone], "greyscale": bool(greyscale)})
     inputs = keras.Input((h, w, 3), name="image")
-    x = FacePreprocess(PREPROCESS_MODES[backbone], metadata=meta, greyscale=greyscale, name="preprocess")(inputs)
+    # Under a mixed policy (mixed_bfloat16, mixed_float16) only the backbone computes in the low
+    # precision: the preprocessing (exact channel means), the head (pooling, Dense projection) and
+    # the L2 normalisation run in float32, so the loss receives float32 embeddings projected in
+    # float32. Under the float32 policy the explicit dtype changes nothing.
+    x = FacePreprocess(PREPROCESS_MODES[backbone], metadata=meta, greyscale=greyscale, name="preprocess",
+                       dtype="float32")(inputs)
     if backbone == "small_cnn":
         x = _small_cnn(x, width)
     else:
@@ -216,11 +221,11 @@ def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, 
         if weights is None:
             _fast_batch_norm_statistics(base)
         x = base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap", dtype="float32")(x)  # casts the backbone's output
     if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = keras.layers.Dense(int(embedding_dim), name="embedding")(x)
-    outputs = L2Normalize(name="l2_normalize")(x)
+        x = keras.layers.Dropout(dropout, name="dropout", dtype="float32")(x)
+    x = keras.layers.Dense(int(embedding_dim), name="embedding", dtype="float32")(x)
+    outputs = L2Normalize(name="l2_normalize", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"tripletface_{backbone}")
 
 

@@ -229,6 +229,65 @@ def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 
     return TripletTrainer()
 
 
+# The smallest epsilon TensorFlow's fused BatchNorm kernel takes (tf.nn.fused_batch_norm raises
+# smaller ones to this): layers with a smaller one keep Keras' path, so nothing changes for them.
+_FUSED_BN_MIN_EPSILON = 1.001e-5
+
+
+def fuse_batch_norm(model) -> int:
+    """Make the training pass of ``model``'s BatchNormalization layers (nested models too) one
+    fused TensorFlow kernel; returns how many were switched.
+
+    Keras 3 computes a training-mode BatchNorm as separate ops (moments: Mean, SquaredDifference,
+    Mean; then Sub/Mul/Add, each with its own gradient ops): 23 % of the op time of a small_cnn
+    training step on CPU (docs/PERFORMANCE.md, "Training step levers"). ``FusedBatchNormV3`` (and
+    its gradient) does the same in one pass over the activations. The result is Keras' own: the
+    same batch statistics, the same moving-statistics update (biased variance, ``momentum``), and
+    the same float32 computation under a mixed policy; they differ by float rounding only.
+
+    Only the training forward pass changes: inference (``training=False``) runs Keras' code, and
+    nothing is saved differently (the saved model is rebuilt from its config by :func:`train`).
+    Layers the fused kernel does not cover keep Keras' path: synchronized (multi-replica), renorm,
+    an axis other than the last of a 4-D input, a masked call, or an epsilon below its minimum.
+    """
+    import types
+
+    import keras
+    import tensorflow as tf
+
+    def walk(m):
+        for layer in getattr(m, "layers", ()):
+            yield layer
+            yield from walk(layer)  # a backbone nested as one layer
+
+    def fused_call(self, inputs, training=None, mask=None):
+        if (not (training is True and self.trainable) or mask is not None or self.synchronized
+                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
+            return type(self).call(self, inputs, training=training, mask=mask)
+        x = tf.cast(inputs, "float32")  # as Keras computes BatchNorm: in float32 under any policy
+        channels = x.shape[-1]
+        scale = tf.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
+        offset = tf.cast(self.beta, "float32") if self.center else tf.zeros((channels,), "float32")
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, scale, offset, epsilon=self.epsilon,
+                                                             data_format="NHWC", is_training=True)
+        # the kernel returns the unbiased (n - 1) variance for the moving average; Keras averages
+        # the biased one it normalises with
+        n = tf.cast(tf.size(x) // channels, "float32")
+        variance = variance * ((n - 1.0) / n)
+        m = self.momentum
+        self.moving_mean.assign(tf.cast(self.moving_mean, "float32") * m + mean * (1.0 - m))
+        self.moving_variance.assign(tf.cast(self.moving_variance, "float32") * m + variance * (1.0 - m))
+        return tf.cast(y, self.compute_dtype)
+
+    n = 0
+    for layer in walk(model):
+        if (isinstance(layer, keras.layers.BatchNormalization) and not layer.renorm
+                and layer.epsilon >= _FUSED_BN_MIN_EPSILON and "call" not in vars(layer)):
+            layer.call = types.MethodType(fused_call, layer)
+            n += 1
+    return n
+
+
 # Variables AdamW leaves undecayed, by name: biases and the BatchNorm/LayerNorm scale (gamma) and
 # offset (beta). A regular expression on the variable's name, which Keras sees as "gamma" or (the
 # TensorFlow variable under it) "layer/gamma:0".
@@ -738,6 +797,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
                                                width=cfg.model.width, metadata=metadata,
                                                greyscale=cfg.model.greyscale)
             distribute.sync_batch_norm(embedder, strategy)
+            if cfg.train.fused_batch_norm:  # the training pass only; the saved model is rebuilt below
+                fuse_batch_norm(embedder)  # synchronized (multi-replica) layers keep Keras' path
             loss_obj = get_loss(cfg.loss)
             bank = (MemoryBank(cfg.loss.memory_bank_size, cfg.model.embedding_dim)
                     if cfg.loss.memory_bank_size > 0 else None)
@@ -756,7 +817,9 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
                                    aux_weight=cfg.loss.aux_weight, label_source=label_source,
                                    source_names=[re.sub(r"[^0-9A-Za-z]+", "_", r["name"]) for r in sources]
                                    if label_source is not None else ())
-            trainer.compile(optimizer=optimizer, jit_compile=False)
+            # XLA (train.jit_compile) is off unless asked: on CPU it was slower than the fused
+            # BatchNorm step (docs/PERFORMANCE.md, "Training step levers")
+            trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.train.jit_compile))
             # build optimizer variables so a restore has something to fill
             optimizer.build(embedder.trainable_variables
                             + (aux_head.trainable_variables if aux_head is not None else []))
@@ -862,8 +925,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         if val is not None:
             # chosen on the saved model through the inference path itself (Embedder, its flip mode),
             # so `compare` on these pairs decides exactly as measured here; and also when no epoch
-            # ran (a rerun after the last one)
-            final_embedder = Embedder(final, batch_size=cfg.eval.batch_size)
+            # ran (a rerun after the last one); BatchNorm folded as Embedder.load does
+            final_embedder = Embedder(final, batch_size=cfg.eval.batch_size, fold_batch_norm=True)
             v = validate(val, final_embedder, cfg.loss.margin, cfg.loss.distance)
             n_pairs = len(val["pairs"][0])
             M.update_metadata(final, threshold=v["val_threshold"], val_accuracy=v["val_accuracy"],
