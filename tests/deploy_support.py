@@ -34,6 +34,17 @@ def align_photos(paths, size: int = 112) -> tuple[list[Path], np.ndarray]:
     return [p for p, _ in ok], np.stack([a for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
 
 
+def aligned_lfw_faces(lfw_dir: Path, count: int, at_least: int) -> np.ndarray:
+    """Real LFW photos of ``count`` people, detected and aligned to 112x112 by tripletface's own
+    cropper; the test skips when fewer than ``at_least`` gave a face."""
+    import pytest
+
+    _, aligned = align_photos(lfw_photos(lfw_dir, count))
+    if len(aligned) < at_least:
+        pytest.skip(f"only {len(aligned)} LFW photos gave a face")
+    return aligned
+
+
 def make_face_model(path: Path, faces: np.ndarray, flip_tta: bool = True, threshold: float | None = THRESHOLD,
                     alignment: bool = True) -> Path:
     """A small untrained small_cnn (16-d, 64x64) whose BatchNorm statistics are fitted to ``faces``

@@ -5,17 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from deploy_support import align_photos, lfw_photos, make_face_model, min_pairwise_distance
+from deploy_support import aligned_lfw_faces, make_face_model, min_pairwise_distance
 from inference_support import error_lines, run_cli
 
 
 @pytest.fixture(scope="module")
 def faces(lfw_dir):
-    """Real LFW photos, detected and aligned to 112x112 by tripletface's own cropper."""
-    paths, aligned = align_photos(lfw_photos(lfw_dir, 5))
-    if len(aligned) < 6:
-        pytest.skip(f"only {len(aligned)} LFW photos gave a face")
-    return aligned
+    return aligned_lfw_faces(lfw_dir, 5, at_least=6)
 
 
 @pytest.fixture(scope="module")

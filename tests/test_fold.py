@@ -5,16 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploy_support import align_photos, lfw_photos, min_pairwise_distance
+from deploy_support import aligned_lfw_faces, min_pairwise_distance
 
 
 @pytest.fixture(scope="module")
 def faces(lfw_dir):
-    """Real LFW photos, detected and aligned to 112x112 by tripletface's own cropper."""
-    _, aligned = align_photos(lfw_photos(lfw_dir, 6))
-    if len(aligned) < 8:
-        pytest.skip(f"only {len(aligned)} LFW photos gave a face")
-    return aligned
+    return aligned_lfw_faces(lfw_dir, 6, at_least=8)
 
 
 def _model_on_faces(backbone: str, faces: np.ndarray, size: int = 112):
