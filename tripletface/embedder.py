@@ -257,19 +257,9 @@ class Embedder:
                                         getattr(e, "reason", str(e))))
         return images, failures
 
-    def _detect_and_align(self, paths: list[str]) -> tuple[list, list[Failure]]:
-        """Raw photos through the model's cropper: ``[(index, uint8 aligned crop)]`` and failures."""
-        results = self.cropper.process_files(paths)
-        images, failures = [], []
-        for i, (p, r) in enumerate(zip(paths, results)):
-            if r.status == "ok" and r.aligned is not None:
-                images.append((i, r.aligned))
-            else:
-                failures.append(Failure(p, r.status, r.reason or r.status))
-        return images, failures
-
     def _aligned_chunks(self, paths: list[str]):
-        """:meth:`_detect_and_align` of each ``batch_size`` chunk of ``paths``, in order, as a pipeline
+        """Raw photos through the model's cropper, per ``batch_size`` chunk of ``paths`` and in order:
+        ``([(index in chunk, uint8 aligned crop)], failures)``, as a pipeline
         (:meth:`tripletface.faces.FaceCropper.stream`; detector calls of 32 photos within each chunk,
         as :meth:`~tripletface.faces.FaceCropper.process_files` makes them)."""
         from tripletface.faces import _read_failure
