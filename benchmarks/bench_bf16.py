@@ -47,17 +47,13 @@ def bf16_supported() -> bool:
 def _build(cfg, policy: str):
     import keras
 
-    from tripletface import model as M
-    from tripletface.losses import get_loss
-    from tripletface.train import make_optimizer, make_trainer
+    from tripletface.train import build_embedder, build_trainer
 
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(cfg.train.seed)
-        embedder = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim,
-                                           tuple(cfg.model.image_size), weights=None)
-        trainer = make_trainer(embedder, get_loss(cfg.loss))
-        trainer.compile(optimizer=make_optimizer(cfg.train, 1000), jit_compile=False)
+        embedder = build_embedder(cfg, weights=None)
+        trainer, _ = build_trainer(cfg, embedder, total_steps=1000)  # as `tripletface train` runs it
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return embedder, trainer

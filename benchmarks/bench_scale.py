@@ -67,16 +67,13 @@ def measure_training(index, sizes: list[int], backbone: str = "mobilenet", size:
     import tensorflow as tf
 
     from tripletface import dataset as D
-    from tripletface import model as M
-    from tripletface.losses import get_loss
-    from tripletface.train import make_optimizer, make_trainer
+    from tripletface.train import build_embedder, build_trainer
 
     cfg = bench_train.train_config(backbone, size, batch, k)
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
-    embedder = M.build_embedding_model(backbone, cfg.model.embedding_dim, (size, size), weights=None)
-    trainer = make_trainer(embedder, get_loss(cfg.loss))
-    trainer.compile(optimizer=make_optimizer(cfg.train, 1000), jit_compile=False)
+    embedder = build_embedder(cfg, weights=None)
+    trainer, _ = build_trainer(cfg, embedder, total_steps=1000)  # as `tripletface train` runs it
     p = cfg.data.p
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (p * k, size, size, 3)).astype(np.float32))
@@ -135,18 +132,15 @@ def measure_tree(crops_root: Path, sizes: list[int], batches: int = 20, steps: i
     import tensorflow as tf
 
     from tripletface import dataset as D
-    from tripletface import model as M
     from tripletface.config import load_config
-    from tripletface.losses import get_loss
-    from tripletface.train import make_optimizer, make_trainer
+    from tripletface.train import build_embedder, build_trainer
 
     crops = [p for p in D.index_folder(crops_root).paths if p.endswith(".png")]
     cfg = load_config("lfw-cpu")  # the recipe's pipeline: small_cnn at 64, P×K 32×4
     size = tuple(cfg.model.image_size)
     keras.utils.set_random_seed(0)
-    embedder = M.build_embedding_model("small_cnn", cfg.model.embedding_dim, size)
-    trainer = make_trainer(embedder, get_loss(cfg.loss))
-    trainer.compile(optimizer=make_optimizer(cfg.train, 1000), jit_compile=False)
+    embedder = build_embedder(cfg, weights=None)
+    trainer, _ = build_trainer(cfg, embedder, total_steps=1000)  # as `tripletface train` runs it
     n = cfg.data.p * cfg.data.k
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (n, *size, 3)).astype(np.float32))
     bare = tf.data.Dataset.from_tensors((images, tf.constant(np.repeat(np.arange(cfg.data.p), cfg.data.k),

@@ -132,10 +132,8 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
     import tensorflow as tf
 
     from tripletface import dataset as D
-    from tripletface import model as M
     from tripletface.augment import enabled_ops
-    from tripletface.losses import get_loss
-    from tripletface.train import fuse_batch_norm, make_optimizer, make_trainer, resolve_precision
+    from tripletface.train import build_embedder, build_trainer, resolve_precision
 
     backbone, (h, w) = cfg.model.backbone, tuple(cfg.model.image_size)
     p, k = cfg.data.p, cfg.data.k
@@ -145,13 +143,8 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
     policy = resolve_precision(cfg.train.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        embedder = M.build_embedding_model(backbone, cfg.model.embedding_dim, (h, w), weights=None,
-                                           dropout=cfg.model.dropout, width=cfg.model.width)
-        if cfg.train.fused_batch_norm:  # as `tripletface train` runs it
-            fuse_batch_norm(embedder)
-        trainer = make_trainer(embedder, get_loss(cfg.loss))
-        trainer.compile(optimizer=make_optimizer(cfg.train, cfg.train.epochs * cfg.train.steps_per_epoch),
-                        jit_compile=bool(cfg.train.jit_compile))
+        embedder = build_embedder(cfg, weights=None)
+        trainer, _ = build_trainer(cfg, embedder)  # as `tripletface train` runs it
         rng = np.random.default_rng(0)
         images = tf.constant(rng.integers(0, 256, (n, h, w, 3)).astype(np.float32))
         labels = tf.constant(np.repeat(np.arange(p, dtype=np.int32), k))
@@ -292,7 +285,6 @@ def measure_levers(cfg, index, levers: list[dict], steps: int = 4, rounds: int =
     order rotated and reversed from round to round. A lever's speed-up is the median over rounds
     of (first lever's step time / its step time) in the same round; also in CPU seconds per step."""
     import keras
-    import numpy as np
 
     from tripletface import dataset as D
     from tripletface.train import resolve_precision

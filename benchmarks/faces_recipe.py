@@ -12,6 +12,8 @@ resumes from its checkpoint, so the five hour-long folds can be spread over sess
     python benchmarks/faces_recipe.py --folds 1-5                # the dev protocol
     python benchmarks/faces_recipe.py --folds 1 --set train.epochs=1 train.steps_per_epoch=5   # smoke
     python benchmarks/faces_recipe.py --table                    # the Markdown table of OUT/results.jsonl
+    python benchmarks/faces_recipe.py --row aux_head             # one ablation row (ROWS), fold 1
+    python benchmarks/faces_recipe.py --ablation                 # the ablation table of the rows run
 
 The data: ``--data`` (default ``$TRIPLETFACE_DATA`` or ../shared/data) holding lfw-dev/,
 lfw-dev-pairs.txt and celeba-dev/.
@@ -24,12 +26,32 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+# The ablation at this data size (docs/RECIPE.md): each row is ``--preset faces-cpu`` with ONE change,
+# at one budget (BUDGET: the steps the recipe fits in its hour on the 2-core machine, crop included),
+# trained with fold 1 held out. ``python benchmarks/faces_recipe.py --row NAME`` runs one into
+# runs/faces/NAME; ``--ablation`` prints the table of the rows run so far.
+BUDGET = ["train.epochs=14"]
+ROWS = {
+    # the original design on this data (colour ResNet50, random triplets, standard triplet loss,
+    # ±10° rotation; benchmarks/ablation.py's ORIGINAL): ~2.4x the preset's step time
+    "original": BUDGET + ["model.backbone=resnet50", "data.sampling=triplets", "loss.name=triplet",
+                          "data.batch_size=42", "augment.rotation=10", "model.greyscale=false"],
+    "faces-cpu": BUDGET,  # the preset as it stands: lfw-cpu's choices, every face grey in the model
+    "colour": BUDGET + ["model.greyscale=false"],  # greyscale LFW and colour CelebA as they come
+    "balanced": BUDGET + ["data.source_weights=[1,1]"],  # half of each batch LFW (default: by identities)
+    "aux_head": BUDGET + ["loss.aux_weight=1.0"],  # + a CosFace head over the training identities
+    # the same head a tenth as loud: its loss starts near 20, the triplet loss near 0.15
+    "aux_light": BUDGET + ["loss.aux_weight=0.1"],
+    "wide": BUDGET + ["model.width=1.5"],  # capacity: 1.5x the channels
+    "p64": BUDGET + ["data.batch_size=256"],  # 64 identities per batch instead of 32
+    "res96": BUDGET + ["model.image_size=[96,96]"],  # resolution
+    "memory_bank": BUDGET + ["loss.memory_bank_size=1024", "loss.memory_bank_start_step=300"],
+}
 CELEBA_HOLDOUT = 200  # CelebA identities (with 2+ crops) never trained on: the in-domain check
 CELEBA_PAIRS = 1000
 
@@ -66,8 +88,6 @@ def celeba_holdout(crops: Path, out: Path) -> Path:
 
 def score_celeba(model: Path, crops: Path, holdout: Path) -> dict:
     """Verification on pairs of the held-out CelebA identities' aligned crops (never trained on)."""
-    import numpy as np
-
     from tripletface import dataset as D
     from tripletface import verification as V
     from tripletface.embedder import Embedder, distance
@@ -144,6 +164,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def row_name(row: dict) -> str:
+    """The ablation row a result belongs to (its training overrides), or its overrides in words."""
+    if row.get("preset") == "faces-cpu":
+        for name, changes in ROWS.items():
+            if row["set"] == changes:
+                return name
+    return f"{row.get('preset')} {' '.join(row['set'])}".strip()
+
+
+def ablation_table(files: list[Path]) -> str:
+    """One line per (row, fold) result found in ``files``, in ROWS order."""
+    found = [json.loads(line) for f in files if f.is_file() for line in f.read_text().splitlines() if line.strip()]
+    order = {name: i for i, name in enumerate(ROWS)}
+    found.sort(key=lambda r: (order.get(row_name(r), len(order)), r["fold"]))
+    lines = ["| row | the one change | LFW fold accuracy | AUC | CelebA hold-out accuracy | AUC | train min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in found:
+        name = row_name(r)
+        change = " ".join(c for c in r["set"] if c not in BUDGET) or "—"
+        lines.append(f"| `{name}` (fold {r['fold']}) | {change} | {r['accuracy']:.3f} ± {r['accuracy_sd'] or 0:.3f} | "
+                     f"{r['auc']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r['train_s'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=common.data_root())
@@ -153,7 +197,17 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="faces-cpu")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra training overrides")
     parser.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and stop")
+    parser.add_argument("--row", choices=sorted(ROWS), help="one ablation row (into runs/faces/ROW unless --out)")
+    parser.add_argument("--ablation", nargs="*", type=Path, metavar="DIR",
+                        help="print the ablation table of the rows in runs/faces/* (and these folders) and stop")
     args = parser.parse_args(argv)
+    if args.ablation is not None:
+        print(ablation_table(sorted(Path("runs/faces").glob("*/results.jsonl")) + [d / "results.jsonl" for d in args.ablation]))
+        return 0
+    if args.row:
+        args.set = ROWS[args.row] + args.set
+        if args.out == parser.get_default("out"):
+            args.out = args.out / args.row
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []

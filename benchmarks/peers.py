@@ -475,23 +475,16 @@ def _train_setup(files, params, warm):
 
     import bench_train
     from tripletface import dataset as D
-    from tripletface import model as M
     from tripletface.config import load_config
-    from tripletface.losses import get_loss
-    from tripletface.train import fuse_batch_norm, make_optimizer, make_trainer
+    from tripletface.train import build_embedder, build_trainer
 
     cfg = load_config(preset="lfw-cpu")
     crops = Path(params["crops"]) if params.get("crops") else common.default_crops()
     index = bench_train.load_index(crops, params["train_images"])
     (h, w), p, k = tuple(cfg.model.image_size), cfg.data.p, cfg.data.k
     keras.utils.set_random_seed(cfg.train.seed)
-    embedder = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, (h, w), weights=None,
-                                       dropout=cfg.model.dropout, width=cfg.model.width)
-    if cfg.train.fused_batch_norm:  # as tripletface.train.train does
-        fuse_batch_norm(embedder)
-    trainer = make_trainer(embedder, get_loss(cfg.loss))
-    trainer.compile(optimizer=make_optimizer(cfg.train, cfg.train.epochs * cfg.train.steps_per_epoch),
-                    jit_compile=bool(cfg.train.jit_compile))  # as tripletface.train.train compiles it
+    embedder = build_embedder(cfg, weights=None)
+    trainer, _ = build_trainer(cfg, embedder)  # as tripletface.train.train builds and compiles it
     rng = np.random.default_rng(0)
     bare = tf.data.Dataset.from_tensors((tf.constant(rng.integers(0, 256, (p * k, h, w, 3)).astype(np.float32)),
                                          tf.constant(np.repeat(np.arange(p, dtype=np.int32), k)))).repeat()

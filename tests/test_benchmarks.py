@@ -7,6 +7,7 @@ that the pieces the benchmarks are built from compute what they claim.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -181,3 +182,24 @@ def test_faces_recipe_folds_holdout_and_table(tmp_path):
              "celeba_auc": 0.85, "train_s": 600} for f, a in ((1, 0.8), (2, 0.9))]
     text = faces_recipe.table(rows)
     assert "| 1 | 0.800 ± 0.020 |" in text and "**0.850 ± 0.071**" in text
+
+
+def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
+    """Every ablation row loads as a valid config that differs from the budgeted preset in the one
+    key it names, and --ablation lists each result under its row name."""
+    import faces_recipe
+
+    from tripletface.config import load_config
+
+    base = load_config(preset="faces-cpu", overrides=faces_recipe.BUDGET).to_dict()
+    flat = lambda d: {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}  # noqa: E731
+    for name, changes in faces_recipe.ROWS.items():
+        assert changes[:len(faces_recipe.BUDGET)] == faces_recipe.BUDGET, name
+        cfg = flat(load_config(preset="faces-cpu", overrides=changes).to_dict())
+        differ = {k for k, v in cfg.items() if flat(base)[k] != v}
+        assert differ == {c.split("=", 1)[0] for c in changes[len(faces_recipe.BUDGET):]}, name
+    row = {"fold": 1, "preset": "faces-cpu", "set": faces_recipe.ROWS["aux_head"], "accuracy": 0.9, "accuracy_sd": 0.01,
+           "auc": 0.95, "celeba_accuracy": 0.8, "celeba_auc": 0.85, "train_s": 60}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    text = faces_recipe.ablation_table([tmp_path / "results.jsonl"])
+    assert "| `aux_head` (fold 1) | loss.aux_weight=1.0 | 0.900 ± 0.010 | 0.950 |" in text

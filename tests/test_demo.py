@@ -155,3 +155,17 @@ def test_demo_json_prints_only_the_json(capsys, fake_pipeline):
     assert json.loads(stdout) == json.loads((out / "report" / "demo.json").read_text())
     assert stdout == (out / "report" / "demo.json").read_text()
     assert "accuracy 0.8750" in stderr
+
+
+def test_find_data_names_each_candidate_once(tmp_path, monkeypatch, capsys):
+    """Run from the clone's root, ../shared/data and the package's ../../shared/data are one folder:
+    the 'looked in' message names it once."""
+    from tripletface import demo, download
+
+    monkeypatch.chdir(Path(demo.__file__).resolve().parents[1])
+    monkeypatch.delenv("TRIPLETFACE_DATA", raising=False)
+    monkeypatch.setattr(Path, "is_dir", lambda self: False)
+    monkeypatch.setattr(download, "fetch_lfw", lambda root: None)
+    demo.find_data(download_to=tmp_path)
+    looked = capsys.readouterr().err.split("looked in: ", 1)[1].split(")", 1)[0].split(", ")
+    assert len(looked) == len(set(looked)) == 1

@@ -130,3 +130,35 @@ def test_bench_train_lever_names(repo_root):
     assert bench_train.parse_lever("keras")["fused_bn"] is False
     with pytest.raises(argparse.ArgumentTypeError, match="unknown lever 'xla'"):
         bench_train.parse_lever("fused_bn+xla")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_build_trainer_builds_what_train_runs(fused):
+    """build_trainer (train() and every benchmark build their trainer with it) follows the config:
+    the fused BatchNorm pass on or off, the optimizer's schedule over epochs × steps, loss scaling
+    under mixed_float16 only, and jit_compile."""
+    import keras
+
+    from tripletface.config import load_config
+    from tripletface.train import build_embedder, build_trainer
+
+    cfg = load_config(preset="smoke", overrides={"train.fused_batch_norm": fused, "train.lr_schedule": "cosine"})
+    embedder = build_embedder(cfg, weights=None)
+
+    def walk(m):
+        for layer in getattr(m, "layers", ()):
+            yield layer
+            yield from walk(layer)
+
+    def decay_steps(opt):
+        return keras.optimizers.serialize(opt)["config"]["learning_rate"]["config"]["decay_steps"]
+
+    bn = [la for la in walk(embedder) if isinstance(la, keras.layers.BatchNormalization)]
+    trainer, optimizer = build_trainer(cfg, embedder)
+    assert bn and all(("call" in vars(la)) == fused for la in bn)
+    assert trainer.embedder is embedder and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert decay_steps(optimizer) == cfg.train.epochs * cfg.train.steps_per_epoch
+    assert trainer.jit_compile is False
+    _, scaled = build_trainer(cfg, build_embedder(cfg, weights=None), total_steps=7, policy="mixed_float16")
+    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+    assert decay_steps(scaled.inner_optimizer) == 7

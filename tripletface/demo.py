@@ -47,7 +47,9 @@ def find_data(explicit: str | None = None, download_to: Path | None = None) -> t
         candidates = [Path(explicit)]
     else:
         candidates = [Path(os.environ["TRIPLETFACE_DATA"])] if os.environ.get("TRIPLETFACE_DATA") else []
-        candidates += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
+        for c in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"):
+            if all(c.resolve() != seen.resolve() for seen in candidates):  # run from the clone: one folder
+                candidates.append(c)
     for c in candidates:
         for images, pairs in (("lfw-dev", "lfw-dev-pairs.txt"), ("lfw", "pairs.txt")):
             if (c / images).is_dir() and (c / pairs).is_file():

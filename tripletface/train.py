@@ -288,6 +288,39 @@ def fuse_batch_norm(model) -> int:
     return n
 
 
+def build_embedder(cfg, metadata=None, weights="config"):
+    """The embedding model of ``cfg.model`` (``weights``: ``cfg.model.weights`` unless given), as
+    :func:`train` builds it; benchmarks build theirs here so they time the model that trains."""
+    from tripletface import model as M
+
+    return M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, tuple(cfg.model.image_size),
+                                   weights=cfg.model.weights if weights == "config" else weights,
+                                   dropout=cfg.model.dropout, width=cfg.model.width, metadata=metadata,
+                                   greyscale=cfg.model.greyscale)
+
+
+def build_trainer(cfg, embedder, total_steps: int | None = None, policy: str = "float32", **trainer_kwargs):
+    """``(trainer, optimizer)`` for ``embedder`` as :func:`train` runs it: BatchNorm's fused training
+    pass (``train.fused_batch_norm``), ``cfg.loss``'s mining loss, the optimizer and its schedule
+    over ``total_steps`` (default: epochs × steps per epoch; loss-scaled under mixed_float16), compiled
+    with ``train.jit_compile``. ``trainer_kwargs`` go to :func:`make_trainer` (memory bank, aux head)."""
+    import keras
+
+    from tripletface.losses import get_loss
+
+    if cfg.train.fused_batch_norm:  # the training pass only; the saved model is rebuilt by train()
+        fuse_batch_norm(embedder)  # synchronized (multi-replica) layers keep Keras' path
+    total = cfg.train.epochs * cfg.train.steps_per_epoch if total_steps is None else total_steps
+    optimizer = make_optimizer(cfg.train, total)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    trainer = make_trainer(embedder, get_loss(cfg.loss), **trainer_kwargs)
+    # XLA (train.jit_compile) is off unless asked: on CPU it was slower than the fused
+    # BatchNorm step (docs/PERFORMANCE.md, "Training step levers")
+    trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.train.jit_compile))
+    return trainer, optimizer
+
+
 # Variables AdamW leaves undecayed, by name: biases and the BatchNorm/LayerNorm scale (gamma) and
 # offset (beta). A regular expression on the variable's name, which Keras sees as "gamma" or (the
 # TensorFlow variable under it) "layer/gamma:0".
@@ -730,7 +763,7 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
     from tripletface import distribute
     from tripletface import model as M
     from tripletface.embedder import Embedder
-    from tripletface.losses import MemoryBank, get_loss
+    from tripletface.losses import MemoryBank
 
     t0 = time.time()
     strategy = distribute.get_strategy(cfg.train.distribute)  # before any other TensorFlow op
@@ -740,7 +773,6 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
     keras.mixed_precision.set_global_policy(policy)
     try:
         # ---- data (every data problem is reported before any training starts)
-        image_size = tuple(cfg.model.image_size)
         ckpt_dir = Path(cfg.train.checkpoint_dir)
         start_epoch = 0 if fresh else _checkpoint_epoch(ckpt_dir)
         # a resumed run draws new batches rather than replaying epoch 1's
@@ -792,20 +824,10 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         metadata = {"alignment": alignment, "config": cfg.to_dict(),
                     "metric": "euclidean", "flip_tta": bool(cfg.eval.flip_tta), "sources": sources}
         with strategy.scope():  # variables mirrored over the replicas (tripletface.distribute)
-            embedder = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, image_size,
-                                               weights=cfg.model.weights, dropout=cfg.model.dropout,
-                                               width=cfg.model.width, metadata=metadata,
-                                               greyscale=cfg.model.greyscale)
+            embedder = build_embedder(cfg, metadata=metadata)
             distribute.sync_batch_norm(embedder, strategy)
-            if cfg.train.fused_batch_norm:  # the training pass only; the saved model is rebuilt below
-                fuse_batch_norm(embedder)  # synchronized (multi-replica) layers keep Keras' path
-            loss_obj = get_loss(cfg.loss)
             bank = (MemoryBank(cfg.loss.memory_bank_size, cfg.model.embedding_dim)
                     if cfg.loss.memory_bank_size > 0 else None)
-            total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
-            optimizer = make_optimizer(cfg.train, total_steps)
-            if policy == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             aux_head = None
             if cfg.loss.aux_weight > 0:
                 from tripletface.losses import MarginSoftmaxHead
@@ -813,13 +835,11 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
                 aux_head = MarginSoftmaxHead(n_classes, margin=cfg.loss.aux_margin, scale=cfg.loss.aux_scale,
                                              name="margin_softmax_head")
                 aux_head.build((None, cfg.model.embedding_dim))
-            trainer = make_trainer(embedder, loss_obj, bank, cfg.loss.memory_bank_start_step, aux_head=aux_head,
-                                   aux_weight=cfg.loss.aux_weight, label_source=label_source,
-                                   source_names=[re.sub(r"[^0-9A-Za-z]+", "_", r["name"]) for r in sources]
-                                   if label_source is not None else ())
-            # XLA (train.jit_compile) is off unless asked: on CPU it was slower than the fused
-            # BatchNorm step (docs/PERFORMANCE.md, "Training step levers")
-            trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.train.jit_compile))
+            trainer, optimizer = build_trainer(
+                cfg, embedder, policy=policy, memory_bank=bank, memory_start_step=cfg.loss.memory_bank_start_step,
+                aux_head=aux_head, aux_weight=cfg.loss.aux_weight, label_source=label_source,
+                source_names=[re.sub(r"[^0-9A-Za-z]+", "_", r["name"]) for r in sources]
+                if label_source is not None else ())
             # build optimizer variables so a restore has something to fill
             optimizer.build(embedder.trainable_variables
                             + (aux_head.trainable_variables if aux_head is not None else []))
@@ -917,10 +937,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
 
         # ---- the final model, with a threshold picked on validation as its starting default
         keras.mixed_precision.set_global_policy("float32")
-        final = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, image_size, weights=None,
-                                        dropout=cfg.model.dropout, width=cfg.model.width,
-                                        greyscale=cfg.model.greyscale,
-                                        metadata={**metadata, "epochs_trained": max(resumed_from, cfg.train.epochs)})
+        final = build_embedder(cfg, weights=None,
+                               metadata={**metadata, "epochs_trained": max(resumed_from, cfg.train.epochs)})
         final.set_weights(embedder.get_weights())
         if val is not None:
             # chosen on the saved model through the inference path itself (Embedder, its flip mode),
