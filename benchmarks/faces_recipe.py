@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ablation  # noqa: E402
 import common  # noqa: E402
 
 # The ablation at this data size (docs/RECIPE.md): each row is ``--preset faces-cpu`` with ONE change,
@@ -38,9 +39,8 @@ import common  # noqa: E402
 BUDGET = ["train.epochs=14"]
 ROWS = {
     # the original design on this data (colour ResNet50, random triplets, standard triplet loss,
-    # ±10° rotation; benchmarks/ablation.py's ORIGINAL): ~2.4x the preset's step time
-    "original": BUDGET + ["model.backbone=resnet50", "data.sampling=triplets", "loss.name=triplet",
-                          "data.batch_size=42", "augment.rotation=10", "model.greyscale=false"],
+    # ±10° rotation: benchmarks/ablation.py's ORIGINAL): ~2.4x the preset's step time
+    "original": BUDGET + ablation.ORIGINAL + ["model.greyscale=false"],
     "faces-cpu": BUDGET,  # the preset as it stands: lfw-cpu's choices, every face grey in the model
     "colour": BUDGET + ["model.greyscale=false"],  # greyscale LFW and colour CelebA as they come
     "balanced": BUDGET + ["data.source_weights=[1,1]"],  # half of each batch LFW (default: by identities)
