@@ -422,3 +422,9 @@ def test_quality_filter_drops_blurred_and_turned_crops_by_the_manifest(tmp_path)
     assert D.quality_filter(index, rows, tmp_path, min_blur=50)[1] == 2
     assert D.quality_filter(index, rows, tmp_path, max_pose=0.3)[1] == 2
     assert D.quality_filter(index, rows, tmp_path)[0].paths == index.paths
+    # data.min_face_size: the face crop measured in the original photo
+    for row, size in zip(rows, (120, 60, 120, 40, 95, 80)):
+        row["face_size"] = size
+    kept, dropped = D.quality_filter(index, rows, tmp_path, min_face_size=80)
+    assert dropped == 2 and kept.names == ("a", "c") and paths[1] not in kept.paths
+    assert [kept.names[i] for i in kept.labels] == ["a", "a", "c", "c", "c"]

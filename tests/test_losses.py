@@ -353,6 +353,75 @@ def test_half_precision_inputs(mining, dtype):
     assert abs(float(loss) - full) < HALF_TOL[dtype], (float(loss), full)
 
 
+# --------------------------------------------------------------------------- XBM's contrastive loss
+
+def ref_contrastive(x, labels, margin, memory=None):
+    """The XBM contrastive loss by a loop over every (anchor, candidate) pair, float64 TF ops."""
+    rows = tf.unstack(x)
+    cands, cand_labels = list(rows), list(labels)
+    if memory is not None:
+        cands += [tf.constant(r, tf.float64) for r in memory[0]]
+        cand_labels += list(memory[1])
+    terms, pos_d, neg_d, active = [], [], [], 0
+    for a in range(len(rows)):
+        for j in range(len(cands)):
+            if j == a:
+                continue
+            d = ref_dist(rows[a], cands[j], "cosine")
+            if cand_labels[j] == labels[a]:
+                terms.append(d)
+                pos_d.append(float(d))
+                active += float(d) > 0
+            else:
+                neg_d.append(float(d))
+                if 1.0 - float(d) > margin:
+                    terms.append(1.0 - d)
+                    active += 1
+    loss = tf.add_n(terms) / len(rows) if terms else tf.constant(0.0, tf.float64)
+    n = len(pos_d) + len(neg_d)
+    stats = {"active_fraction": active / max(n, 1), "pos_dist": sum(pos_d) / max(len(pos_d), 1),
+             "neg_dist": sum(neg_d) / max(len(neg_d), 1), "valid_triplets": float(n)}
+    return loss, stats
+
+
+@pytest.mark.parametrize("margin", [0.5, 0.0, -0.2])
+@pytest.mark.parametrize("labels", [LABELS_PK, LABELS_MIXED], ids=["pk", "mixed"])
+def test_contrastive_loss_matches_loop(labels, margin):
+    x = unit_rows(B, seed=30)
+    value = check_against_reference(lambda v: L.contrastive_loss(labels, v, margin),
+                                    lambda v: ref_contrastive(v, list(labels), margin), x)
+    assert value > 0
+
+
+def test_contrastive_loss_with_memory_matches_loop():
+    bank = L.MemoryBank(16, D)
+    mem_x, mem_labels = unit_rows(10, seed=31), np.array([0, 1, 2, 3, 7, 8, 0, 1, 9, 9])
+    bank.enqueue(mem_x, mem_labels)  # 6 empty slots: never candidates
+    x = unit_rows(B, seed=32)
+    loss_obj = L.ContrastiveLoss(margin=0.1)
+    check_against_reference(lambda v: loss_obj.compute_with_stats(LABELS_MIXED, v, memory=bank.contents()),
+                            lambda v: ref_contrastive(v, list(LABELS_MIXED), 0.1,
+                                                      memory=(mem_x.astype(np.float64), list(mem_labels))), x)
+    empty = L.MemoryBank(8, D)
+    assert float(loss_obj.compute_with_stats(LABELS_PK, x, memory=empty.contents())[0]) == pytest.approx(
+        float(loss_obj(LABELS_PK, x)))
+
+
+def test_contrastive_loss_config_and_errors():
+    obj = L.get_loss(LossConfig(name="contrastive", contrastive_margin=0.3))
+    assert isinstance(obj, L.ContrastiveLoss) and obj.margin == 0.3
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+    assert type(restored) is L.ContrastiveLoss and restored.get_config() == obj.get_config()
+    with pytest.raises(ValueError, match=r"margin \(a cosine similarity\) must be in \[-1, 1\), received: 1.5"):
+        L.ContrastiveLoss(margin=1.5)
+    # every pair far apart and every positive identical: nothing to learn, loss 0
+    x = np.zeros((4, D), np.float32)
+    x[[0, 1], 0] = 1.0
+    x[[2, 3], 1] = 1.0
+    loss, stats = L.contrastive_loss([0, 0, 1, 1], x, margin=0.5)
+    assert float(loss) == 0.0 and float(stats["active_fraction"]) == 0.0
+
+
 # --------------------------------------------------------------------------- memory bank (XBM)
 
 @pytest.mark.parametrize("dist", ("squared_l2", "l2"))

@@ -162,3 +162,46 @@ def test_build_trainer_builds_what_train_runs(fused):
     _, scaled = build_trainer(cfg, build_embedder(cfg, weights=None), total_steps=7, policy="mixed_float16")
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
     assert decay_steps(scaled.inner_optimizer) == 7
+
+
+def test_mining_schedule_switches_to_batch_hard_at_its_step():
+    """loss.hard_from: the loss the trainer computes is the semi-hard one before the switch step
+    (hard_from × total steps) and the batch-hard one from it on, on the same batch."""
+    import tensorflow as tf
+
+    from tripletface import losses as L
+    from tripletface.config import load_config
+    from tripletface.train import build_embedder, build_trainer
+
+    cfg = load_config(preset="smoke", overrides={"loss.name": "semi_hard", "loss.hard_from": 0.5})
+    embedder = build_embedder(cfg, weights=None)
+    trainer, optimizer = build_trainer(cfg, embedder, total_steps=10)
+    rng = np.random.default_rng(1)
+    emb = tf.constant(rng.normal(size=(16, 32)).astype("float32"))
+    labels = tf.constant(np.repeat(np.arange(4), 4))
+    semi = float(L.online_triplet_loss(labels, emb, "semi_hard")[0])
+    hard = float(L.online_triplet_loss(labels, emb, "batch_hard")[0])
+    assert semi != pytest.approx(hard)
+    seen = {}
+    for step in (0, 4, 5, 9):
+        optimizer.iterations.assign(step)
+        seen[step] = float(trainer._loss(labels, emb, tf.constant(False))[0])
+    assert seen[0] == pytest.approx(semi) and seen[4] == pytest.approx(semi)
+    assert seen[5] == pytest.approx(hard) and seen[9] == pytest.approx(hard)
+    # without the schedule the trainer keeps one miner
+    plain, opt = build_trainer(load_config(preset="smoke", overrides={"loss.name": "semi_hard"}),
+                               build_embedder(cfg, weights=None), total_steps=10)
+    opt.iterations.assign(9)
+    assert float(plain._loss(labels, emb, tf.constant(False))[0]) == pytest.approx(semi)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss.name": "batch_hard", "loss.hard_from": 0.5}, "switches a semi_hard or batch_all miner"),
+    ({"loss.hard_from": 1.0}, "loss.hard_from"),
+    ({"loss.name": "contrastive", "loss.contrastive_margin": 1.0}, "loss.contrastive_margin"),
+])
+def test_mining_schedule_and_contrastive_config_errors(overrides, message):
+    from tripletface.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset="smoke", overrides=overrides)

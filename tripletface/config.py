@@ -82,6 +82,8 @@ class DataConfig:
     # quality filter on crop's manifest.jsonl (0 = off): drop crops blurrier / more turned than this
     min_blur: float = 0.0  # variance of the crop's Laplacian (lfw-dev 112 crops: median 175, 1 % < 43)
     max_pose: float = 0.0  # |nose offset| in eye distances (lfw-dev: median 0.09, 5 % > 0.29)
+    # the face's size in the original photo, pixels (lfw-dev: 1 % < 109; celeba-dev: median 63, 57 % < 80)
+    min_face_size: float = 0.0
     # several crop folders trained on at once (when given, instead of train_dir): each is a source,
     # its identities namespaced by the folder's name (dataset.index_folders)
     train_dirs: typing.Tuple[str, ...] = ()
@@ -128,8 +130,12 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "semi_hard"  # triplet | batch_all | batch_hard | semi_hard
+    name: str = "semi_hard"  # triplet | batch_all | batch_hard | semi_hard | contrastive
     margin: float = 0.2
+    # the mining schedule: from this fraction of the training steps on, mine batch_hard (semi-hard,
+    # then harder); 0 = one miner throughout
+    hard_from: float = 0.0
+    contrastive_margin: float = 0.5  # loss.name contrastive (XBM): the similarity above which negatives push
     distance: str = "squared_l2"  # squared_l2 | l2 | cosine
     soft_margin: bool = False
     memory_bank_size: int = 0  # 0 = no cross-batch memory
@@ -327,6 +333,7 @@ SCHEMA: dict[str, Rule] = {
     "data.exclude_identities": _OPTIONAL_PATH,
     "data.min_blur": Rule(0, note="(0 = off)"),
     "data.max_pose": Rule(0, note="(0 = off)"),
+    "data.min_face_size": Rule(0, note="(pixels in the original photo; 0 = off)"),
     "data.train_dirs": Rule(length=(0, None), note="(crop folders; empty = data.train_dir)"),
     "data.source_weights": Rule(0, length=(0, None), note="(one per data.train_dirs entry; empty = by identities)"),
     "data.source_terms": Rule(length=(0, None), note="(one per data.train_dirs entry)"),
@@ -345,8 +352,10 @@ SCHEMA: dict[str, Rule] = {
     "model.weights": Rule(note="(imagenet, a weights file, or none)"),
     "model.dropout": Rule(0, 1, hi_open=True),
     "model.width": Rule(0, 16, lo_open=True),
-    "loss.name": _choice("triplet", "batch_all", "batch_hard", "semi_hard"),
+    "loss.name": _choice("triplet", "batch_all", "batch_hard", "semi_hard", "contrastive"),
     "loss.margin": Rule(0),
+    "loss.hard_from": Rule(0, 1, hi_open=True, note="(fraction of the training steps; 0 = off)"),
+    "loss.contrastive_margin": Rule(-1, 1, hi_open=True, note="(a cosine similarity)"),
     "loss.distance": _choice("squared_l2", "l2", "cosine"),
     "loss.memory_bank_size": Rule(0, note="(0 = no cross-batch memory)"),
     "loss.memory_bank_start_step": Rule(0),
@@ -601,7 +610,10 @@ def _validate(cfg: Config) -> None:
     need(cfg.data.k >= 2 or cfg.data.sampling != "pk", "data.k", cfg.data.k, "must be >= 2 for P×K sampling")
     need(cfg.data.batch_size >= cfg.data.k, "data.batch_size", cfg.data.batch_size, f"must be >= data.k ({cfg.data.k})")
     need(not (cfg.loss.name == "triplet" and cfg.loss.memory_bank_size > 0), "loss.memory_bank_size",
-         cfg.loss.memory_bank_size, "needs online mining (loss.name batch_all|batch_hard|semi_hard), not 'triplet'")
+         cfg.loss.memory_bank_size, "needs online mining (loss.name batch_all|batch_hard|semi_hard|contrastive), "
+         "not 'triplet'")
+    need(cfg.loss.hard_from == 0 or cfg.loss.name in ("semi_hard", "batch_all"), "loss.hard_from",
+         cfg.loss.hard_from, f"switches a semi_hard or batch_all miner to batch_hard; loss.name is {cfg.loss.name!r}")
     need(cfg.loss.name == "triplet" or cfg.data.sampling == "pk" or cfg.data.source == "synthetic",
          "data.sampling", cfg.data.sampling, f"must be 'pk' for online mining loss {cfg.loss.name!r}")
     need(cfg.loss.name != "triplet" or cfg.data.sampling != "pk", "loss.name", cfg.loss.name,

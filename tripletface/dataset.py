@@ -233,13 +233,15 @@ def _visible(name: str) -> bool:
 
 
 def quality_filter(index: FaceIndex, manifest: list[dict], manifest_dir: str | os.PathLike,
-                   min_blur: float = 0.0, max_pose: float = 0.0) -> tuple[FaceIndex, int]:
-    """Drop training crops that ``tripletface crop`` measured as blurred or turned.
+                   min_blur: float = 0.0, max_pose: float = 0.0,
+                   min_face_size: float = 0.0) -> tuple[FaceIndex, int]:
+    """Drop training crops that ``tripletface crop`` measured as blurred, turned or small.
 
     ``manifest`` holds crop's rows (``output`` relative to ``manifest_dir``, ``blur`` = variance
-    of the crop's Laplacian, ``pose`` = nose offset in eye distances). A crop is dropped when
-    ``blur < min_blur`` or ``|pose| > max_pose`` (a 0 threshold is off). Images the manifest
-    does not score are kept. Returns the filtered index and how many images were dropped.
+    of the crop's Laplacian, ``pose`` = nose offset in eye distances, ``face_size`` = the face's
+    size in the original photo, pixels). A crop is dropped when ``blur < min_blur``,
+    ``|pose| > max_pose`` or ``face_size < min_face_size`` (a 0 threshold is off). Images the
+    manifest does not score are kept. Returns the filtered index and how many images were dropped.
     """
     scores = {}
     for row in manifest:
@@ -254,6 +256,9 @@ def quality_filter(index: FaceIndex, manifest: list[dict], manifest_dir: str | o
         if min_blur > 0 and isinstance(blur, (int, float)) and blur < min_blur:
             keep[i] = False
         if max_pose > 0 and isinstance(pose, (int, float)) and abs(pose) > max_pose:
+            keep[i] = False
+        size = row.get("face_size")
+        if min_face_size > 0 and isinstance(size, (int, float)) and size < min_face_size:
             keep[i] = False
     return index.keep_images(keep), int((~keep).sum())
 

@@ -135,8 +135,12 @@ def resolve_precision(requested: str, backbone: str | None = None) -> str:
 # --------------------------------------------------------------------------- the trainer model
 
 def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 0, aux_head=None,
-                 aux_weight: float = 0.0, label_source=None, source_names=()):
+                 aux_weight: float = 0.0, label_source=None, source_names=(), hard_loss=None,
+                 hard_start_step: int = 0):
     """Wrap the embedding model in a keras.Model whose train_step runs the mining loss.
+
+    ``hard_loss`` (the mining schedule, ``loss.hard_from``) replaces ``loss_obj`` from step
+    ``hard_start_step`` on (semi-hard, then harder); its stats are logged under the same names.
 
     ``aux_head`` (a built :class:`~tripletface.losses.MarginSoftmaxHead`) adds ``aux_weight``
     times its margin-softmax loss over the batch's labels; its class weights train with the
@@ -174,15 +178,20 @@ def make_trainer(embedder, loss_obj, memory_bank=None, memory_start_step: int = 
         def call(self, x, training=False):
             return self.embedder(x, training=training)
 
-        def _loss(self, labels, emb, warm):
+        def _loss_of(self, loss_obj, labels, emb, warm):
             if self.memory_bank is not None:
                 mem_emb, mem_lab = self.memory_bank.contents()
-                loss, stats = tf.cond(
-                    warm,
-                    lambda: self.loss_obj.compute_with_stats(labels, emb, memory=(mem_emb, mem_lab)),
-                    lambda: self.loss_obj.compute_with_stats(labels, emb))
-                return loss, stats
-            return self.loss_obj.compute_with_stats(labels, emb)
+                return tf.cond(warm,
+                               lambda: loss_obj.compute_with_stats(labels, emb, memory=(mem_emb, mem_lab)),
+                               lambda: loss_obj.compute_with_stats(labels, emb))
+            return loss_obj.compute_with_stats(labels, emb)
+
+        def _loss(self, labels, emb, warm):
+            if hard_loss is None:
+                return self._loss_of(self.loss_obj, labels, emb, warm)
+            hard = tf.greater_equal(self.optimizer.iterations, hard_start_step)  # this step's index
+            return tf.cond(hard, lambda: self._loss_of(hard_loss, labels, emb, warm),
+                           lambda: self._loss_of(self.loss_obj, labels, emb, warm))
 
         def train_step(self, data):
             images, labels = data
@@ -303,7 +312,8 @@ def build_trainer(cfg, embedder, total_steps: int | None = None, policy: str = "
     """``(trainer, optimizer)`` for ``embedder`` as :func:`train` runs it: BatchNorm's fused training
     pass (``train.fused_batch_norm``), ``cfg.loss``'s mining loss, the optimizer and its schedule
     over ``total_steps`` (default: epochs × steps per epoch; loss-scaled under mixed_float16), compiled
-    with ``train.jit_compile``. ``trainer_kwargs`` go to :func:`make_trainer` (memory bank, aux head)."""
+    with ``train.jit_compile``; ``loss.hard_from`` sets the mining schedule's switch step. ``trainer_kwargs``
+    go to :func:`make_trainer` (memory bank, aux head)."""
     import keras
 
     from tripletface.losses import get_loss
@@ -314,7 +324,11 @@ def build_trainer(cfg, embedder, total_steps: int | None = None, policy: str = "
     optimizer = make_optimizer(cfg.train, total)
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    trainer = make_trainer(embedder, get_loss(cfg.loss), **trainer_kwargs)
+    loss_obj = get_loss(cfg.loss)
+    if cfg.loss.hard_from > 0:  # the mining schedule: the same loss, mined batch_hard from then on
+        trainer_kwargs.setdefault("hard_loss", get_loss(dataclasses.replace(cfg.loss, name="batch_hard")))
+        trainer_kwargs.setdefault("hard_start_step", int(round(cfg.loss.hard_from * total)))
+    trainer = make_trainer(embedder, loss_obj, **trainer_kwargs)
     # XLA (train.jit_compile) is off unless asked: on CPU it was slower than the fused
     # BatchNorm step (docs/PERFORMANCE.md, "Training step levers")
     trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.train.jit_compile))
@@ -679,18 +693,19 @@ def _beside_crops(train_dir: Path, name: str) -> Path | None:
 
 
 def _quality_filter(cfg, index, train_dir: Path):
-    """Drop blurred/turned crops per data.min_blur / data.max_pose, scored by crop's manifest."""
+    """Drop blurred/turned/small crops per data.min_blur / max_pose / min_face_size, scored by crop's manifest."""
     from tripletface import dataset as D
     from tripletface.crop import read_manifest
 
     manifest = _beside_crops(train_dir, "manifest.jsonl")
     if manifest is None:
-        raise InputError(f"{train_dir}: data.min_blur/data.max_pose need the manifest.jsonl that "
-                         "`tripletface crop` writes beside its crops")
+        raise InputError(f"{train_dir}: data.min_blur/data.max_pose/data.min_face_size need the manifest.jsonl "
+                         "that `tripletface crop` writes beside its crops")
     kept, dropped = D.quality_filter(index, read_manifest(manifest), manifest.parent,
-                                     cfg.data.min_blur, cfg.data.max_pose)
-    print(f"data: quality filter dropped {dropped} of {len(index)} crops "
-          f"(blur < {cfg.data.min_blur:g} or |pose| > {cfg.data.max_pose:g}; 0 = off)", file=sys.stderr)
+                                     cfg.data.min_blur, cfg.data.max_pose, cfg.data.min_face_size)
+    print(f"data: quality filter dropped {dropped} of {len(index)} crops in {train_dir} "
+          f"(blur < {cfg.data.min_blur:g}, |pose| > {cfg.data.max_pose:g} or face < {cfg.data.min_face_size:g} px;"
+          " 0 = off)", file=sys.stderr)
     return kept
 
 
@@ -793,7 +808,7 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
                                                       cfg.data.allow_missing_exclusions,
                                                       what=f"exclusion list {cfg.data.exclude_identities}")
                 print(f"data: excluded {dropped} identities listed in {cfg.data.exclude_identities}", file=sys.stderr)
-            if cfg.data.min_blur > 0 or cfg.data.max_pose > 0:
+            if cfg.data.min_blur > 0 or cfg.data.max_pose > 0 or cfg.data.min_face_size > 0:
                 for d in dirs:
                     index = _quality_filter(cfg, index, d)
             sources = _source_records(cfg, index, dirs)

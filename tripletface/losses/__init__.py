@@ -3,8 +3,8 @@
 The stack, one module per stage: ``distances`` (squared L2, L2, cosine) -> ``masks``
 (label masks, built once) -> ``miners`` (batch-all, batch-hard, semi-hard, explicit) ->
 ``triplet`` (per-triplet hinge or soft margin, the Keras losses) -> ``reducers``
-(reduction and mining stats); ``memory_bank`` (XBM queue) and ``collapse`` (warning
-check) sit beside it.
+(reduction and mining stats); ``memory_bank`` (XBM queue), ``contrastive`` (XBM's pair
+loss, the memory bank's other form) and ``collapse`` (warning check) sit beside it.
 
 Example::
 
@@ -25,6 +25,7 @@ import importlib
 import sys
 
 from tripletface.losses.collapse import is_collapsed
+from tripletface.losses.contrastive import contrastive_loss
 from tripletface.losses.distances import (
     DISTANCES,
     CosineDistance,
@@ -48,6 +49,7 @@ from tripletface.losses.triplet import (
 __all__ = [
     "TripletLoss",
     "OnlineTripletLoss",
+    "ContrastiveLoss",
     "MemoryBank",
     "MarginSoftmaxHead",
     "EMPTY_LABEL",
@@ -55,6 +57,7 @@ __all__ = [
     "custom_objects",
     "is_collapsed",
     "online_triplet_loss",
+    "contrastive_loss",
     "explicit_triplet_loss",
     "triplet_margin_loss",
     "split_triplets",
@@ -72,13 +75,14 @@ __all__ = [
     "LOSS_NAMES",
 ]
 
-# loss.name values: explicit triplets, or an online miner.
-LOSS_NAMES = ("triplet",) + MININGS
+# loss.name values: explicit triplets, an online miner, or XBM's contrastive pair loss.
+LOSS_NAMES = ("triplet",) + MININGS + ("contrastive",)
 
 # Keras classes, defined lazily by their module.
 _LAZY = {
     "TripletLoss": "tripletface.losses.triplet",
     "OnlineTripletLoss": "tripletface.losses.triplet",
+    "ContrastiveLoss": "tripletface.losses.contrastive",
     "MemoryBank": "tripletface.losses.memory_bank",
     "MarginSoftmaxHead": "tripletface.losses.margin_softmax",
 }
@@ -110,7 +114,8 @@ def get_loss(loss_cfg):
 
     ``name == "triplet"`` gives :class:`TripletLoss` (explicit triplets); ``batch_all``,
     ``batch_hard`` and ``semi_hard`` give :class:`OnlineTripletLoss` with that mining.
-    The memory bank (``memory_bank_size``) is a separate object: ``MemoryBank(size, dim)``.
+    ``contrastive`` gives :class:`ContrastiveLoss` (margin: ``contrastive_margin``). The memory
+    bank (``memory_bank_size``) is a separate object: ``MemoryBank(size, dim)``.
     """
     name = getattr(loss_cfg, "name", None)
     if name not in LOSS_NAMES:
@@ -118,4 +123,6 @@ def get_loss(loss_cfg):
     kwargs = {"margin": loss_cfg.margin, "distance": loss_cfg.distance, "soft_margin": loss_cfg.soft_margin}
     if name == "triplet":
         return __getattr__("TripletLoss")(**kwargs)
+    if name == "contrastive":
+        return __getattr__("ContrastiveLoss")(margin=loss_cfg.contrastive_margin)
     return __getattr__("OnlineTripletLoss")(mining=name, **kwargs)

@@ -41,6 +41,7 @@ __all__ = [
     "online_triplet_loss",
     "explicit_triplet_loss",
     "split_triplets",
+    "candidate_distances",
     "TripletLoss",
     "OnlineTripletLoss",
 ]
@@ -140,12 +141,24 @@ def online_triplet_loss(labels, embeddings, mining="semi_hard", margin=0.2, dist
     Returns:
         ``(loss, stats)``: float32 scalar and a dict of float32 scalars.
     """
-    from keras import ops
-
     _check_mining(mining)
     _check_margin(margin)
     _check_soft_margin(soft_margin)
     dist_fn = get_distance(distance)
+
+    dist, positive, negative = candidate_distances(labels, embeddings, dist_fn, memory)
+    mined = MINERS[mining](dist_fn.oriented(dist), positive, negative)
+    return _finish(mined, dist_fn, margin, soft_margin, _REDUCTION[mining])
+
+
+def candidate_distances(labels, embeddings, dist_fn, memory=None):
+    """The batch's anchors against its candidates (the batch, then the memory's valid slots).
+
+    Returns ``(dist, positive, negative)``: the (B, M) distance matrix of ``dist_fn`` (not
+    oriented) and the label masks of :func:`~tripletface.losses.masks.label_masks`; M = B
+    without memory. Every online loss (the miners, the contrastive loss) starts here.
+    """
+    from keras import ops
 
     embeddings = ops.cast(ops.convert_to_tensor(embeddings), "float32")
     labels = as_labels(labels)
@@ -158,8 +171,7 @@ def online_triplet_loss(labels, embeddings, mining="semi_hard", margin=0.2, dist
         candidate_labels = ops.concatenate([labels, mem_labels], axis=0)
         candidate_valid = ops.concatenate([ops.ones_like(labels, dtype="bool"), mem_valid], axis=0)
     positive, negative = label_masks(labels, candidate_labels, candidate_valid)
-    mined = MINERS[mining](dist_fn.oriented(dist), positive, negative)
-    return _finish(mined, dist_fn, margin, soft_margin, _REDUCTION[mining])
+    return dist, positive, negative
 
 
 def explicit_triplet_loss(anchors, positives, negatives, margin=0.2, distance="squared_l2", soft_margin=False):
