@@ -14,6 +14,7 @@ resumes from its checkpoint, so the five hour-long folds can be spread over sess
     python benchmarks/faces_recipe.py --table                    # the Markdown table of OUT/results.jsonl
     python benchmarks/faces_recipe.py --row aux_head             # one ablation row (ROWS), fold 1
     python benchmarks/faces_recipe.py --ablation                 # the ablation table of the rows run
+    python benchmarks/faces_recipe.py --final                    # the default model: all of both sets
 
 The data: ``--data`` (default ``$TRIPLETFACE_DATA`` or ../shared/data) holding lfw-dev/,
 lfw-dev-pairs.txt and celeba-dev/.
@@ -148,6 +149,25 @@ def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> 
     return row
 
 
+def final_model(args, lfw: Path, celeba: Path, out: Path, log: Path) -> Path:
+    """The default model's training (model v2): the recipe on every crop of both sets, nothing held
+    out but what training itself holds out to choose the threshold (through the inference path)."""
+    ckpt = out / "final"
+    run(tripletface("train", "--quiet", "--preset", args.preset, "--set", f"TRAIN_DIR={lfw}", f"TRAIN_DIR={celeba}",
+                    f"CHECKPOINT_DIR={ckpt}", f"TENSORBOARD_LOGDIR={ckpt / 'logs'}", *args.set), log)
+    return ckpt / "model.keras"
+
+
+def sources_table(meta: dict) -> str:
+    """The model card's data table, from a model's metadata: each source with its counts and terms."""
+    lines = ["| source | photos trained on | identities | with 2+ photos | share of each batch | terms |",
+             "|---|---|---|---|---|---|"]
+    for s in meta.get("sources", []):
+        lines.append(f"| `{s['name']}` | {s['images']:,} | {s['identities']:,} | {s['identities_2plus']:,} | "
+                     f"{s['sampling_share']:.1%} | {s['terms']} |")
+    return "\n".join(lines)
+
+
 def parse_folds(text: str) -> list[int]:
     out = []
     for part in text.split(","):
@@ -207,6 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--row", choices=sorted(ROWS), help="one ablation row (into runs/faces/ROW unless --out)")
     parser.add_argument("--ablation", nargs="*", type=Path, metavar="DIR",
                         help="print the ablation table of the rows in runs/faces/* (and these folders) and stop")
+    parser.add_argument("--final", action="store_true",
+                        help="train the default model on all of both sets into OUT/final and print its card's facts")
     args = parser.parse_args(argv)
     if args.ablation is not None:
         print(ablation_table(sorted(Path("runs/faces").glob("*/results.jsonl")) + [d / "results.jsonl" for d in args.ablation]))
@@ -225,6 +247,15 @@ def main(argv=None) -> int:
     crop_s = crop_all(args.data, args.crops, log)
     print(f"crop: {crop_s}", file=sys.stderr)
     lfw, celeba = args.crops / "lfw112", args.crops / "celeba112"
+    if args.final:
+        from tripletface import model as M
+
+        path = final_model(args, lfw, celeba, args.out, log)
+        meta = M.get_metadata(M.load_model(path))
+        print(sources_table(meta))
+        print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB, threshold {meta['threshold']:.4f} "
+              f"({meta['threshold_source']})")
+        return 0
     for fold in parse_folds(args.folds):
         if any(r["fold"] == fold and r["preset"] == args.preset and r["set"] == args.set for r in rows):
             print(f"fold {fold}: already scored (in {results})", file=sys.stderr)

@@ -203,3 +203,28 @@ def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     text = faces_recipe.ablation_table([tmp_path / "results.jsonl"])
     assert "| `aux_head` (fold 1) | loss.aux_weight=1.0 | 0.900 ± 0.010 | 0.950 |" in text
+
+
+def test_faces_recipe_final_trains_on_everything_and_tabulates_the_sources(tmp_path, monkeypatch):
+    """--final: the default model's training excludes no identity (no fold, no CelebA hold-out), and
+    the card's data table carries each source's counts and terms from the model's metadata."""
+    import argparse
+
+    import faces_recipe
+
+    seen = []
+    monkeypatch.setattr(faces_recipe, "run", lambda cmd, log: seen.append(cmd) or 1.0)
+    args = argparse.Namespace(preset="faces-cpu", set=["data.source_weights=[1,1]"])
+    path = faces_recipe.final_model(args, tmp_path / "lfw112", tmp_path / "celeba112", tmp_path, tmp_path / "log")
+    (cmd,) = seen
+    assert path == tmp_path / "final" / "model.keras"
+    assert f"TRAIN_DIR={tmp_path / 'lfw112'}" in cmd and f"TRAIN_DIR={tmp_path / 'celeba112'}" in cmd
+    assert not any("exclude" in c for c in cmd) and cmd[-1] == "data.source_weights=[1,1]"
+    meta = {"sources": [
+        {"name": "lfw112", "images": 6909, "identities": 3554, "identities_2plus": 1680, "sampling_share": 0.5,
+         "terms": "LFW: public research data set"},
+        {"name": "celeba112", "images": 21429, "identities": 5626, "identities_2plus": 3172, "sampling_share": 0.5,
+         "terms": "CelebA: non-commercial research purposes only"}]}
+    text = faces_recipe.sources_table(meta)
+    assert "| `lfw112` | 6,909 | 3,554 | 1,680 | 50.0% | LFW: public research data set |" in text
+    assert "| `celeba112` | 21,429 | 5,626 | 3,172 | 50.0% | CelebA: non-commercial research purposes only |" in text
