@@ -536,6 +536,22 @@ def test_collapse_flagged_on_equal_embeddings(dist):
     assert not L.is_collapsed(stats, 1e-3)
 
 
+def test_collapse_stuck_at_the_margin():
+    """The runs that drew every embedding into a small cap (docs/RECIPE.md: the memory bank, batch-hard
+    from mid-run) stayed above the absolute threshold; with the margin they are flagged, a healthy
+    epoch (the same runs' first) is not, and neither is a small distance with triplets still satisfied."""
+    stuck = {"pos_dist": 0.009, "neg_dist": 0.006, "active_fraction": 1.0, "valid_triplets": 384.0}
+    assert not L.is_collapsed(stuck, 1e-3) and L.is_collapsed(stuck, 1e-3, margin=0.2)
+    assert not L.is_collapsed({"pos_dist": 0.83, "neg_dist": 0.88, "active_fraction": 0.956}, 1e-3, margin=0.2)
+    assert not L.is_collapsed({**stuck, "active_fraction": 0.6}, 1e-3, margin=0.2)
+    assert not L.is_collapsed({**stuck, "neg_dist": 0.05}, 1e-3, margin=0.2)
+    assert not L.is_collapsed({"pos_dist": 0.009, "neg_dist": 0.006}, 1e-3, margin=0.2)  # no active_fraction
+    # the loss's own stats on equal embeddings, from the trainer's point of view
+    x = np.tile(unit_rows(1, seed=40), (B, 1)) + 1e-3 * unit_rows(B, seed=41)
+    _, stats = L.online_triplet_loss(LABELS_PK, x, "semi_hard")
+    assert L.is_collapsed(stats, 1e-9, margin=0.2)
+
+
 def test_is_collapsed_arguments():
     assert L.is_collapsed({"pos_dist": 1e-4, "neg_dist": 2e-4}, 1e-3)
     assert not L.is_collapsed({"pos_dist": 1e-4, "neg_dist": 0.5}, 1e-3)

@@ -366,6 +366,8 @@ def make_optimizer(tcfg, total_steps: int):
 def _callbacks_module():
     import keras
 
+    from tripletface.losses import is_collapsed
+
     class NanGuard(keras.callbacks.Callback):
         """Stop at the first non-finite loss, naming the epoch and step; no checkpoint is written after it."""
 
@@ -407,10 +409,12 @@ def _callbacks_module():
                 return
             lr = self.model.optimizer.learning_rate
             logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
-            if logs.get("pos_dist", 1.0) < self.collapse_threshold and logs.get("neg_dist", 1.0) < self.collapse_threshold:
+            if "pos_dist" in logs and "neg_dist" in logs and is_collapsed(logs, self.collapse_threshold, self.margin):
                 print(f"\nwarning: embedding collapse at epoch {epoch + 1}: mean positive distance "
-                      f"{logs['pos_dist']:.2e}, negative {logs['neg_dist']:.2e} (all embeddings nearly equal); "
-                      "try a lower learning rate, semi-hard mining or a warm-up", file=sys.stderr)
+                      f"{logs['pos_dist']:.2e}, negative {logs['neg_dist']:.2e}, "
+                      f"{logs.get('active_fraction', float('nan')):.0%} of the mined triplets active "
+                      f"(the embeddings drew together); try a lower learning rate, semi-hard mining or a warm-up",
+                      file=sys.stderr)
                 logs["collapsed"] = 1.0
             if self.val is None:
                 return
