@@ -127,7 +127,7 @@ def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> 
     from tripletface.demo import write_fold
 
     pairs, names = out / f"pairs_fold{fold}.txt", out / f"holdout{fold}.txt"
-    write_fold(args.data / "lfw-dev-pairs.txt", fold, pairs, names)
+    write_fold(args.data / "lfw-dev-pairs.txt", fold, pairs, names, cropped=lfw)
     exclude = out / f"exclude{fold}.txt"
     exclude.write_text(names.read_text() + celeba_holdout(celeba, out).read_text())
     ckpt = out / f"fold{fold}"

@@ -169,3 +169,21 @@ def test_find_data_names_each_candidate_once(tmp_path, monkeypatch, capsys):
     demo.find_data(download_to=tmp_path)
     looked = capsys.readouterr().err.split("looked in: ", 1)[1].split(")", 1)[0].split(", ")
     assert len(looked) == len(set(looked)) == 1
+
+
+def test_write_fold_lists_only_identities_training_has(tmp_path):
+    """A fold identity with no crop folder (no face found in any photo) is left off the exclusion
+    list, which training would otherwise reject as naming an identity it doesn't have."""
+    from tripletface.demo import write_fold
+
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1\t1\nAnn\t1\t2\nBob\t1\tCyd\t1\n")
+    cropped = tmp_path / "cropped"
+    for name in ("Ann", "Cyd"):
+        (cropped / name).mkdir(parents=True)
+    n_pairs, n_ids = write_fold(pairs, 1, tmp_path / "fold.txt", tmp_path / "ids.txt", cropped=cropped)
+    assert (n_pairs, n_ids) == (2, 2)
+    assert (tmp_path / "ids.txt").read_text().split() == ["Ann", "Cyd"]
+    assert len((tmp_path / "fold.txt").read_text().splitlines()) == 3  # the pairs are all kept
+    write_fold(pairs, 1, tmp_path / "fold.txt", tmp_path / "all.txt")
+    assert (tmp_path / "all.txt").read_text().split() == ["Ann", "Bob", "Cyd"]

@@ -64,8 +64,13 @@ def find_data(explicit: str | None = None, download_to: Path | None = None) -> t
     return fetch_lfw(root)
 
 
-def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Path) -> tuple[int, int]:
-    """Write the held-out fold as its own pairs file and its identities as an exclusion list."""
+def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Path,
+               cropped: Path | None = None) -> tuple[int, int]:
+    """Write the held-out fold as its own pairs file and its identities as an exclusion list.
+
+    With ``cropped`` (the crop folder training reads), the list keeps only the identities that have
+    a folder there: one whose every photo had no face found is in no training folder, so it can't
+    leak, and training rejects a list naming an identity it doesn't have (a typo must not pass)."""
     from tripletface.pairs import read_pairs
 
     pairs = read_pairs(pairs_file)
@@ -80,6 +85,8 @@ def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Pat
     lines += [f"{p.name_a}\t{p.idx_a}\t{p.name_b}\t{p.idx_b}" for p in mismatched]
     out_pairs.write_text("\n".join(lines) + "\n")
     names = sorted({p.name_a for p in sel} | {p.name_b for p in sel})
+    if cropped is not None:
+        names = [n for n in names if (cropped / n).is_dir()]
     out_identities.write_text("\n".join(names) + "\n")
     return len(sel), len(names)
 
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if not pairs_file.is_file():
         raise InputError(f"{pairs_file}: pairs file not found")
     fold_pairs, holdout = out / f"pairs_fold{args.holdout_fold}.txt", out / "holdout_identities.txt"
-    n_pairs, n_ids = write_fold(pairs_file, args.holdout_fold, fold_pairs, holdout)
+    n_pairs, n_ids = write_fold(pairs_file, args.holdout_fold, fold_pairs, holdout, cropped)
     print(f"held out fold {args.holdout_fold}: {n_pairs} pairs, {n_ids} identities excluded from training",
           file=sys.stderr)
 
