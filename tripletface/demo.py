@@ -70,7 +70,8 @@ def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Pat
 
     With ``cropped`` (the crop folder training reads), the list keeps only the identities that have
     a folder there: one whose every photo had no face found is in no training folder, so it can't
-    leak, and training rejects a list naming an identity it doesn't have (a typo must not pass)."""
+    leak, and training rejects a list naming an identity it doesn't have (a typo must not pass).
+    Returns the fold's numbers of pairs and of identities (all of them never trained on)."""
     from tripletface.pairs import read_pairs
 
     pairs = read_pairs(pairs_file)
@@ -85,9 +86,8 @@ def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Pat
     lines += [f"{p.name_a}\t{p.idx_a}\t{p.name_b}\t{p.idx_b}" for p in mismatched]
     out_pairs.write_text("\n".join(lines) + "\n")
     names = sorted({p.name_a for p in sel} | {p.name_b for p in sel})
-    if cropped is not None:
-        names = [n for n in names if (cropped / n).is_dir()]
-    out_identities.write_text("\n".join(names) + "\n")
+    listed = names if cropped is None else [n for n in names if (cropped / n).is_dir()]
+    out_identities.write_text("\n".join(listed) + "\n")
     return len(sel), len(names)
 
 
