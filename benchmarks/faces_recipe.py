@@ -15,6 +15,7 @@ resumes from its checkpoint, so the five hour-long folds can be spread over sess
     python benchmarks/faces_recipe.py --row aux_head             # one ablation row (ROWS), fold 1
     python benchmarks/faces_recipe.py --ablation                 # the ablation table of the rows run
     python benchmarks/faces_recipe.py --final                    # the default model: all of both sets
+    python benchmarks/faces_recipe.py --step-costs               # each capacity row's step time, side by side
 
 The data: ``--data`` (default ``$TRIPLETFACE_DATA`` or ../shared/data) holding lfw-dev/,
 lfw-dev-pairs.txt and celeba-dev/.
@@ -60,6 +61,10 @@ ROWS = {
     "xbm_contrastive": BUDGET + ["loss.name=contrastive", "loss.memory_bank_size=1024",
                                  "loss.memory_bank_start_step=300"],
 }
+# The rows that cost more per training step than the preset: at the recipe's hour they get fewer
+# epochs, ``equal_time_epochs`` of their measured step time (``--step-costs``), not BUDGET's 14.
+CAPACITY_ROWS = ("faces-cpu", "original", "wide", "p64", "res96")
+STEP_COST_IDENTITIES = 600  # identities (2+ crops) of each source the step timing samples from
 CELEBA_HOLDOUT = 200  # CelebA identities (with 2+ crops) never trained on: the in-domain check
 CELEBA_PAIRS = 1000
 
@@ -168,6 +173,41 @@ def sources_table(meta: dict) -> str:
     return "\n".join(lines)
 
 
+def equal_time_epochs(base_epochs: int, base_step_s: float, row_step_s: float) -> int:
+    """The epochs of a row whose step takes ``row_step_s`` that fit the wall time of ``base_epochs``
+    epochs of ``base_step_s`` steps (the same steps per epoch): rounded down, at least 1."""
+    if not (base_step_s > 0 and row_step_s > 0):
+        raise ValueError(f"step times must be > 0, received: {base_step_s}, {row_step_s}")
+    return max(1, int(base_epochs * base_step_s / row_step_s))
+
+
+def step_costs(preset: str, rows, lfw: Path, celeba: Path, steps: int = 4, rounds: int = 3, log=print) -> list[dict]:
+    """Each row's real training step (its config's P×K pipeline on both sources' crops, cached, and
+    its trainer as ``tripletface train`` builds it; ``bench_train.measure``), one row after another
+    in one process, and its epochs at the preset's wall time. Step time does not depend on how many
+    crops the cache holds, so each source is sampled down to STEP_COST_IDENTITIES identities."""
+    import bench_train
+
+    from tripletface import dataset as D
+    from tripletface.config import load_config
+
+    index = D.index_folders([lfw, celeba])
+    src, anchors = index.source_ids(), index.anchor_identities()
+    keep = [a for s in range(index.num_sources) for a in anchors[src[anchors] == s][:STEP_COST_IDENTITIES]]
+    index = index.subset(keep)
+    out = []
+    for name in rows:
+        cfg = load_config(preset=preset, overrides=ROWS[name] + [f"TRAIN_DIR={lfw}", f"TRAIN_DIR={celeba}"])
+        r = bench_train.measure(cfg, index, steps=steps, rounds=rounds, log=log)
+        out.append({"row": name, "epochs": cfg.train.epochs, "step_s": common.median(r["step_s"]["real"]),
+                    "img_s": r["real_img_s"], "batch": r["batch"], "config": r["config"]})
+    base = out[0]
+    for r in out:
+        r["ratio"] = r["step_s"] / base["step_s"]
+        r["epochs_at_equal_time"] = equal_time_epochs(base["epochs"], base["step_s"], r["step_s"])
+    return out
+
+
 def parse_folds(text: str) -> list[int]:
     out = []
     for part in text.split(","):
@@ -229,6 +269,10 @@ def main(argv=None) -> int:
                         help="print the ablation table of the rows in runs/faces/* (and these folders) and stop")
     parser.add_argument("--final", action="store_true",
                         help="train the default model on all of both sets into OUT/final and print its card's facts")
+    parser.add_argument("--step-costs", action="store_true",
+                        help="time each capacity row's training step against the preset's, side by side, and "
+                             "print the epochs each fits in the preset's wall time")
+    parser.add_argument("--steps", type=int, default=4, help="--step-costs: timed steps per block (default 4)")
     args = parser.parse_args(argv)
     if args.ablation is not None:
         print(ablation_table(sorted(Path("runs/faces").glob("*/results.jsonl")) + [d / "results.jsonl" for d in args.ablation]))
@@ -247,6 +291,15 @@ def main(argv=None) -> int:
     crop_s = crop_all(args.data, args.crops, log)
     print(f"crop: {crop_s}", file=sys.stderr)
     lfw, celeba = args.crops / "lfw112", args.crops / "celeba112"
+    if args.step_costs:
+        costs = step_costs(args.preset, CAPACITY_ROWS, lfw, celeba, steps=args.steps,
+                           log=lambda m: print(m, file=sys.stderr))
+        common.print_table(["row", "model", "batch", "step s", "img/s", "step cost vs faces-cpu", "epochs",
+                            "epochs at equal wall time"],
+                           [[c["row"], c["config"], c["batch"], f"{c['step_s']:.3f}", f"{c['img_s']:.1f}",
+                             f"{c['ratio']:.2f}", c["epochs"], c["epochs_at_equal_time"]] for c in costs])
+        print(f"load average {common.load_average()} ({os.cpu_count()} CPUs)")
+        return 0
     if args.final:
         from tripletface import model as M
 

@@ -228,3 +228,39 @@ def test_faces_recipe_final_trains_on_everything_and_tabulates_the_sources(tmp_p
     text = faces_recipe.sources_table(meta)
     assert "| `lfw112` | 6,909 | 3,554 | 1,680 | 50.0% | LFW: public research data set |" in text
     assert "| `celeba112` | 21,429 | 5,626 | 3,172 | 50.0% | CelebA: non-commercial research purposes only |" in text
+
+
+def test_faces_recipe_step_costs_give_capacity_rows_the_preset_wall_time(tmp_path, monkeypatch):
+    """--step-costs: each capacity row's epochs are the preset's wall time over its measured step
+    time (rounded down, at least one), from one timing per row of that row's own config."""
+    import bench_train
+    import faces_recipe
+
+    from tripletface import dataset as D
+
+    assert faces_recipe.equal_time_epochs(14, 1.0, 2.4) == 5
+    assert faces_recipe.equal_time_epochs(14, 1.0, 1.0) == 14 and faces_recipe.equal_time_epochs(14, 1.0, 100.0) == 1
+    with pytest.raises(ValueError):
+        faces_recipe.equal_time_epochs(14, 0.0, 1.0)
+    for src, n in (("lfw112", 4), ("celeba112", 6)):
+        for i in range(n):
+            for j in range(2):
+                (tmp_path / src / f"{src}_{i}").mkdir(parents=True, exist_ok=True)
+                (tmp_path / src / f"{src}_{i}" / f"{j}.png").write_bytes(b"x")
+    monkeypatch.setattr(faces_recipe, "STEP_COST_IDENTITIES", 3)
+    step = {"faces-cpu": 0.5, "wide": 1.0, "res96": 0.75}
+    seen = []
+
+    def fake_measure(cfg, index, steps, rounds, log):
+        name = {1.5: "wide"}.get(cfg.model.width) or ("res96" if tuple(cfg.model.image_size) == (96, 96) else "faces-cpu")
+        seen.append((name, index.num_identities, sorted(set(index.source_ids()))))
+        return {"step_s": {"real": [step[name]] * 3}, "real_img_s": 128 / step[name], "batch": 128, "config": name}
+
+    monkeypatch.setattr(bench_train, "measure", fake_measure)
+    costs = faces_recipe.step_costs("faces-cpu", ["faces-cpu", "wide", "res96"], tmp_path / "lfw112",
+                                    tmp_path / "celeba112")
+    assert [c["row"] for c in costs] == ["faces-cpu", "wide", "res96"]
+    assert [c["epochs_at_equal_time"] for c in costs] == [14, 7, 9]
+    assert [c["ratio"] for c in costs] == [1.0, 2.0, 1.5]
+    assert seen == [(n, 6, [0, 1]) for n in ("faces-cpu", "wide", "res96")]  # 3 identities of each source
+    assert set(faces_recipe.CAPACITY_ROWS) <= set(faces_recipe.ROWS)
