@@ -236,8 +236,6 @@ def test_faces_recipe_step_costs_give_capacity_rows_the_preset_wall_time(tmp_pat
     import bench_train
     import faces_recipe
 
-    from tripletface import dataset as D
-
     assert faces_recipe.equal_time_epochs(14, 1.0, 2.4) == 5
     assert faces_recipe.equal_time_epochs(14, 1.0, 1.0) == 14 and faces_recipe.equal_time_epochs(14, 1.0, 100.0) == 1
     with pytest.raises(ValueError):
