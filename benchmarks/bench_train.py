@@ -137,7 +137,9 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
 
     backbone, (h, w) = cfg.model.backbone, tuple(cfg.model.image_size)
     p, k = cfg.data.p, cfg.data.k
-    n = p * k
+    # images per step: P×K, or for explicit triplets B triplets stacked (anchors, positives, negatives)
+    triplets = cfg.data.sampling != "pk"
+    n = 3 * cfg.data.batch_size if triplets else p * k
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
     policy = resolve_precision(cfg.train.mixed_precision)
@@ -147,7 +149,9 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
         trainer, _ = build_trainer(cfg, embedder)  # as `tripletface train` runs it
         rng = np.random.default_rng(0)
         images = tf.constant(rng.integers(0, 256, (n, h, w, 3)).astype(np.float32))
-        labels = tf.constant(np.repeat(np.arange(p, dtype=np.int32), k))
+        b = cfg.data.batch_size
+        labels = tf.constant(np.concatenate([np.arange(b), np.arange(b), b + np.arange(b)]).astype(np.int32) if triplets
+                             else np.repeat(np.arange(p, dtype=np.int32), k))
         bare = tf.data.Dataset.from_tensors((images, labels)).repeat()
 
         # tracing and warm-up, then a bare block before the dataset exists (its memory peak)

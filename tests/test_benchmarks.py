@@ -262,3 +262,24 @@ def test_faces_recipe_step_costs_give_capacity_rows_the_preset_wall_time(tmp_pat
     assert [c["ratio"] for c in costs] == [1.0, 2.0, 1.5]
     assert seen == [(n, 6, [0, 1]) for n in ("faces-cpu", "wide", "res96")]  # 3 identities of each source
     assert set(faces_recipe.CAPACITY_ROWS) <= set(faces_recipe.ROWS)
+
+
+def test_bench_train_measures_explicit_triplet_steps(tmp_path):
+    """bench_train.measure (which --step-costs uses for the `original` row) times an explicit-triplet
+    config with its real batch: B triplets stacked, 3B images, for the real and the bare step alike."""
+    import bench_train
+    from PIL import Image
+
+    from tripletface import dataset as D
+    from tripletface.config import load_config
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (tmp_path / f"id{i}").mkdir()
+        for j in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"id{i}" / f"{j}.png")
+    cfg = load_config(preset="smoke", overrides=[f"TRAIN_DIR={tmp_path}", "data.sampling=triplets", "loss.name=triplet",
+                                                 "data.batch_size=4", "model.image_size=32x32"])
+    r = bench_train.measure(cfg, D.index_folder(tmp_path), steps=1, rounds=1, warmup=1, log=lambda m: None)
+    assert r["batch"] == 12 and r["loss"] == "triplet"
+    assert r["real_img_s"] > 0 and r["bare_img_s"] > 0 and len(r["step_s"]["real"]) == 1
