@@ -8,7 +8,7 @@ option works here too (see ``python crop_faces.py --help``).
 
 import sys
 
-from tripletface.cli import main
+from tripletface.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["crop", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ unreadable file, 4 when no face was found, 5 for an unusable model.
 
 import sys
 
-from tripletface.cli import main
+from tripletface.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["compare", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 
 import sys
 
-from tripletface.cli import main
+from tripletface.cli.main import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -66,8 +66,8 @@ def run_baseline(files: list[Path]) -> dict:
 
 
 def run_crop(files: list[Path], workers: int) -> dict:
-    from tripletface.config import load_config
-    from tripletface.crop import MANIFEST, crop_dataset, read_manifest
+    from tripletface.config.config import load_config
+    from tripletface.faces.crop import MANIFEST, crop_dataset, read_manifest
 
     cfg = load_config(overrides={"crop.workers": workers})
     with tempfile.TemporaryDirectory(prefix="bench_crop_") as tmp:
@@ -91,8 +91,8 @@ def run_ratio(files: list[Path], rounds: int, overrides: list[str], embed: bool)
     from mtcnn import MTCNN
     from PIL import Image
 
-    from tripletface.config import load_config
-    from tripletface.crop import crop_dataset
+    from tripletface.config.config import load_config
+    from tripletface.faces.crop import crop_dataset
 
     cfg = load_config(overrides=overrides).crop
     scale, batch = float(cfg.detect_scale), int(cfg.detect_batch)
@@ -124,7 +124,7 @@ def run_ratio(files: list[Path], rounds: int, overrides: list[str], embed: bool)
 
     contenders = {"mtcnn": mtcnn_pass, "crop": crop_pass}
     if embed:
-        from tripletface.embedder import Embedder
+        from tripletface.inference.embedder import Embedder
 
         emb = Embedder.load(None, batch_size=64)
         paths = [str(f) for f in files]

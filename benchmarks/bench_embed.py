@@ -34,7 +34,7 @@ def save_model(backbone: str, size: int, folder: Path, threshold: float = 1.0) -
     """An untrained model with a stored threshold (speed does not depend on the weights)."""
     import keras
 
-    from tripletface import model as M
+    from tripletface.model import build as M
 
     keras.utils.set_random_seed(0)
     model = M.build_embedding_model(backbone, 128, (size, size), weights=None,
@@ -48,7 +48,7 @@ def measure(model_path: Path, files: list[Path], batch: int = 64, flip_tta: bool
     import numpy as np
     import tensorflow as tf
 
-    from tripletface.embedder import Embedder
+    from tripletface.inference.embedder import Embedder
 
     emb = Embedder.load(str(model_path), flip_tta=flip_tta, batch_size=batch)
     paths = [str(f) for f in files]
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         print(f"error: {crops}: no crops found (pass --crops)", file=sys.stderr)
         return 2
     common.quiet_tensorflow()
-    from tripletface.cli import import_tensorflow_quietly
+    from tripletface.cli.main import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731

@@ -9,7 +9,7 @@ from the Keras model, the embedding speed (images/s, batch 64, this machine) and
     python benchmarks/bench_export.py --model ../runs/exp/demo_f1/model.keras
     python benchmarks/bench_export.py --model M --pairs P --crops DIR --max-pairs 600 --json export.json
 
-Folded BatchNorm (``tripletface.fold``): with ``--fold-configs``, the inference forward (batch 64)
+Folded BatchNorm (``tripletface.model.fold``): with ``--fold-configs``, the inference forward (batch 64)
 of each untrained backbone, BatchNorm statistics fitted to real crops, against the same model
 with its BatchNorm folded into the convolutions, alternating block by block (ABBA), in float32
 and (``--precisions float32,bfloat16``) mixed bfloat16; plus the largest embedding difference:
@@ -36,7 +36,7 @@ VARIANTS = (("savedmodel", None, "sm"), ("tflite", None, "f32.tflite"), ("tflite
 
 def load_pairs(pairs_file: Path, crops: Path, max_pairs: int):
     from tripletface.errors import ImageError
-    from tripletface.pairs import pair_paths, read_pairs
+    from tripletface.data.pairs import pair_paths, read_pairs
 
     kept, paths = [], []
     for p in read_pairs(pairs_file):
@@ -52,7 +52,7 @@ def load_pairs(pairs_file: Path, crops: Path, max_pairs: int):
 
 
 def read_crops(files) -> np.ndarray:
-    from tripletface.imageio import read_image
+    from tripletface.data.decode import read_image
 
     return np.stack([read_image(f) for f in files])
 
@@ -80,9 +80,9 @@ def measure_fold(backbone: str, size: int, precisions=("float32",), batch: int =
     import keras
     import tensorflow as tf
 
-    from tripletface import model as M
-    from tripletface.embedder import resize_images
-    from tripletface.fold import fold_batch_norm
+    from tripletface.model import build as M
+    from tripletface.inference.embedder import resize_images
+    from tripletface.model.fold import fold_batch_norm
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
@@ -181,9 +181,9 @@ def main(argv=None) -> int:
             if args.json:
                 common.write_json(args.json, {"machine": common.machine_info(), "fold": fold_rows})
             return 0
-    from tripletface import verification as V
-    from tripletface.embedder import Embedder, distance
-    from tripletface.export import export_model, load_exported
+    from tripletface.evaluation import verification as V
+    from tripletface.inference.embedder import Embedder, distance
+    from tripletface.inference.export import export_model, load_exported
 
     pairs, paths = load_pairs(Path(args.pairs), Path(args.crops), args.max_pairs)
     files = sorted({f for ab in paths for f in ab})

@@ -44,7 +44,7 @@ def sized_index(index, n: int):
     """About ``n`` images: the first identities of ``index``, or ``index`` repeated under new names."""
     import numpy as np
 
-    from tripletface.dataset import FaceIndex
+    from tripletface.data.dataset import FaceIndex
 
     if n <= len(index):
         cum = np.cumsum(index.counts())
@@ -66,8 +66,8 @@ def measure_training(index, sizes: list[int], backbone: str = "mobilenet", size:
     import numpy as np
     import tensorflow as tf
 
-    from tripletface import dataset as D
-    from tripletface.train import build_embedder, build_trainer
+    from tripletface.data import dataset as D
+    from tripletface.training.train import build_embedder, build_trainer
 
     cfg = bench_train.train_config(backbone, size, batch, k)
     keras.backend.clear_session()
@@ -131,9 +131,9 @@ def measure_tree(crops_root: Path, sizes: list[int], batches: int = 20, steps: i
     import numpy as np
     import tensorflow as tf
 
-    from tripletface import dataset as D
-    from tripletface.config import load_config
-    from tripletface.train import build_embedder, build_trainer
+    from tripletface.data import dataset as D
+    from tripletface.config.config import load_config
+    from tripletface.training.train import build_embedder, build_trainer
 
     crops = [p for p in D.index_folder(crops_root).paths if p.endswith(".png")]
     cfg = load_config("lfw-cpu")  # the recipe's pipeline: small_cnn at 64, P×K 32×4
@@ -194,7 +194,7 @@ def measure_tree(crops_root: Path, sizes: list[int], batches: int = 20, steps: i
 def synthetic_gallery(n: int, dim: int = 128, per_identity: int = 10, seed: int = 0):
     import numpy as np
 
-    from tripletface.gallery import FORMAT, Gallery
+    from tripletface.inference.gallery import FORMAT, Gallery
 
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((n, dim)).astype(np.float32)
@@ -210,7 +210,7 @@ def synthetic_gallery(n: int, dim: int = 128, per_identity: int = 10, seed: int 
 def measure_identify(sizes: list[int], queries: int = 20, log=print) -> list[dict]:
     import numpy as np
 
-    from tripletface.gallery import load_gallery, nearest_identities, save_gallery
+    from tripletface.inference.gallery import load_gallery, nearest_identities, save_gallery
 
     rows = []
     rng = np.random.default_rng(1)
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     tree_sizes = [int(s) for s in args.tree_sizes.split(",") if s.strip()]
     if tree_sizes:
         common.quiet_tensorflow()
-        from tripletface.cli import import_tensorflow_quietly
+        from tripletface.cli.main import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         tree = measure_tree(args.crops or common.default_crops(), tree_sizes, log=log)
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
                              common.fmt(r["bare_step_s"], ".2f")] for r in tree])
     if not args.skip_training:
         common.quiet_tensorflow()
-        from tripletface.cli import import_tensorflow_quietly
+        from tripletface.cli.main import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         crops = args.crops or common.default_crops()

@@ -1,6 +1,6 @@
 """The verification service under load on 127.0.0.1: requests/second, p50/p99 latency, batch sizes.
 
-Starts ``tripletface.serve.create_app`` under uvicorn on a free loopback port (in this process)
+Starts ``tripletface.serve.app.create_app`` under uvicorn on a free loopback port (in this process)
 and sends ``/verify`` requests with two images each, ``--concurrency`` at a time: aligned crops
 (``aligned=true``: the embedding model only) and raw photos (MTCNN detection + alignment too).
 Every answer must be a 200; the script exits 1 otherwise.
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     import httpx
     import uvicorn
 
-    from tripletface.embedder import Embedder
-    from tripletface.serve import create_app
+    from tripletface.inference.embedder import Embedder
+    from tripletface.serve.app import create_app
 
     embedder = Embedder.load(args.model)
     app = create_app(embedder)

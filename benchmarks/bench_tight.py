@@ -1,4 +1,4 @@
-"""Faces found in tight face crops, without and with the padded retry (:class:`tripletface.faces.FaceCropper`).
+"""Faces found in tight face crops, without and with the padded retry (:class:`tripletface.faces.cropper.FaceCropper`).
 
 Tight crops are made from lfw-dev and the crop manifest of ``tripletface crop`` (runs/lfw112):
 
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from tripletface.crop import read_manifest
-    from tripletface.faces import FaceCropper
-    from tripletface.imageio import read_image
+    from tripletface.faces.crop import read_manifest
+    from tripletface.faces.cropper import FaceCropper
+    from tripletface.data.decode import read_image
 
     rows = [r for r in read_manifest(args.crops / "manifest.jsonl") if r["status"] == "ok"]
     if not rows:

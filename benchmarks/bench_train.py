@@ -1,6 +1,6 @@
 """Training step: the real pipeline against the bare model step, side by side in one run.
 
-* **real**: aligned crop files -> ``tripletface.dataset.build_train_dataset`` (P×K sampling,
+* **real**: aligned crop files -> ``tripletface.data.dataset.build_train_dataset`` (P×K sampling,
   decoded once into the in-memory cache, per-image augmentation from the config, parallel
   map, prefetch) -> ``TripletTrainer.train_step`` (model -> mining loss -> optimizer), run
   by ``keras.Model.fit`` exactly as ``tripletface train`` runs it;
@@ -60,7 +60,7 @@ def parse_config(text: str) -> tuple[str, int]:
 def train_config(backbone: str, size: int, batch: int, k: int, precision: str = "float32",
                  augment: str = "default", extra: dict | None = None, preset: str = "cpu"):
     """``preset`` (the ``cpu`` one unless told) with this backbone, input size, P×K batch and precision."""
-    from tripletface.config import load_config
+    from tripletface.config.config import load_config
 
     overrides = {"model.backbone": backbone, "model.image_size": (size, size), "data.batch_size": batch,
                  "data.k": k, "train.mixed_precision": precision, "model.weights": None}
@@ -77,7 +77,7 @@ def load_index(crops: Path, limit: int = 0):
     """Index the crops; with ``limit`` keep the first identities holding about that many images."""
     import numpy as np
 
-    from tripletface import dataset as D
+    from tripletface.data import dataset as D
 
     index = D.index_folder(crops)
     if limit and limit < len(index):
@@ -131,9 +131,9 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
     import numpy as np
     import tensorflow as tf
 
-    from tripletface import dataset as D
-    from tripletface.augment import enabled_ops
-    from tripletface.train import build_embedder, build_trainer, resolve_precision
+    from tripletface.data import dataset as D
+    from tripletface.data.augment import enabled_ops
+    from tripletface.training.train import build_embedder, build_trainer, resolve_precision
 
     backbone, (h, w) = cfg.model.backbone, tuple(cfg.model.image_size)
     p, k = cfg.data.p, cfg.data.k
@@ -214,7 +214,7 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
 # was before them is "keras" (Keras' BatchNorm ops, no XLA, one step per compiled call, NHWC).
 LEVER_WORDS = {
     "keras": "Keras 3's BatchNorm (separate moments and normalisation ops), no XLA, NHWC",
-    "fused_bn": "BatchNorm training pass as TensorFlow's fused kernel (tripletface.train.fuse_batch_norm)",
+    "fused_bn": "BatchNorm training pass as TensorFlow's fused kernel (tripletface.training.train.fuse_batch_norm)",
     "jit": "XLA: compile(jit_compile=True)",
     "spe<N>": "compile(steps_per_execution=N): N steps per call of the compiled function",
     "nchw": "small_cnn in channels_first (NCHW) layout after the preprocessing layer",
@@ -237,11 +237,11 @@ def parse_lever(text: str) -> dict:
 
 
 def _small_cnn_nchw(cfg):
-    """small_cnn (tripletface.model._small_cnn, same layers and widths) with its convolutions,
+    """small_cnn (tripletface.model.build._small_cnn, same layers and widths) with its convolutions,
     BatchNorm and pooling in channels_first: one transpose after the preprocessing layer."""
     import keras
 
-    from tripletface import model as M
+    from tripletface.model import build as M
 
     M._register()
     h, w = tuple(cfg.model.image_size)
@@ -263,9 +263,9 @@ def _small_cnn_nchw(cfg):
 def _lever_trainer(cfg, lever: dict):
     import keras
 
-    from tripletface import model as M
+    from tripletface.model import build as M
     from tripletface.losses import get_loss
-    from tripletface.train import fuse_batch_norm, make_optimizer, make_trainer
+    from tripletface.training.train import fuse_batch_norm, make_optimizer, make_trainer
 
     keras.utils.set_random_seed(cfg.train.seed)  # every lever starts from the same weights
     if lever["nchw"]:
@@ -290,8 +290,8 @@ def measure_levers(cfg, index, levers: list[dict], steps: int = 4, rounds: int =
     of (first lever's step time / its step time) in the same round; also in CPU seconds per step."""
     import keras
 
-    from tripletface import dataset as D
-    from tripletface.train import resolve_precision
+    from tripletface.data import dataset as D
+    from tripletface.training.train import resolve_precision
 
     p, k = cfg.data.p, cfg.data.k
     n = p * k
@@ -404,8 +404,8 @@ def profile_levers(cfg, index, levers: list[dict], steps: int, logdir: Path, log
     import keras
     import tensorflow as tf
 
-    from tripletface import dataset as D
-    from tripletface.train import resolve_precision
+    from tripletface.data import dataset as D
+    from tripletface.training.train import resolve_precision
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(resolve_precision(cfg.train.mixed_precision))
@@ -525,7 +525,7 @@ def main(argv=None) -> int:
         if len(configs) != 1:
             parser.error("--levers measures one config: pass --configs BACKBONE@SIZE")
         common.quiet_tensorflow()
-        from tripletface.cli import import_tensorflow_quietly
+        from tripletface.cli.main import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         index = load_index(crops, args.limit)
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
         results = _run_children(argv if argv is not None else sys.argv[1:], configs)
     else:
         common.quiet_tensorflow()
-        from tripletface.cli import import_tensorflow_quietly
+        from tripletface.cli.main import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         index = load_index(crops, args.limit)

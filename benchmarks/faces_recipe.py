@@ -101,9 +101,9 @@ def celeba_holdout(crops: Path, out: Path) -> Path:
 
 def score_celeba(model: Path, crops: Path, holdout: Path) -> dict:
     """Verification on pairs of the held-out CelebA identities' aligned crops (never trained on)."""
-    from tripletface import dataset as D
-    from tripletface import verification as V
-    from tripletface.embedder import Embedder, distance
+    from tripletface.data import dataset as D
+    from tripletface.evaluation import verification as V
+    from tripletface.inference.embedder import Embedder, distance
 
     names = [line.split("/", 1)[1] for line in holdout.read_text().split()]
     index = D.index_folder(crops)
@@ -129,7 +129,7 @@ def _verification(metrics: dict) -> dict:
 
 
 def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> dict:
-    from tripletface.demo import write_fold
+    from tripletface.cli.demo import write_fold
 
     pairs, names = out / f"pairs_fold{fold}.txt", out / f"holdout{fold}.txt"
     write_fold(args.data / "lfw-dev-pairs.txt", fold, pairs, names, cropped=lfw)
@@ -188,8 +188,8 @@ def step_costs(preset: str, rows, lfw: Path, celeba: Path, steps: int = 4, round
     crops the cache holds, so each source is sampled down to STEP_COST_IDENTITIES identities."""
     import bench_train
 
-    from tripletface import dataset as D
-    from tripletface.config import load_config
+    from tripletface.data import dataset as D
+    from tripletface.config.config import load_config
 
     index = D.index_folders([lfw, celeba])
     src, anchors = index.source_ids(), index.anchor_identities()
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
         print(f"load average {common.load_average()} ({os.cpu_count()} CPUs)")
         return 0
     if args.final:
-        from tripletface import model as M
+        from tripletface.model import build as M
 
         path = final_model(args, lfw, celeba, args.out, log)
         meta = M.get_metadata(M.load_model(path))

@@ -10,8 +10,8 @@ lfw-dev, :func:`common.image_sample`), in its own processes, alternated A B C A 
   ``tripletface embed IN --output X.npz``) on a folder of symlinks to the photos.
 * **steady**: a warm worker process (started once per stage, warmed up by a full untimed
   pass) times one pass over the photos per round. For ``tripletface`` the steady pass is the
-  library call the CLI makes (:func:`tripletface.crop.crop_dataset`,
-  :meth:`tripletface.embedder.Embedder.embed_files`); for the detector peers it is the
+  library call the CLI makes (:func:`tripletface.faces.crop.crop_dataset`,
+  :meth:`tripletface.inference.embedder.Embedder.embed_files`); for the detector peers it is the
   detector call alone, on photos decoded (and half-scaled) beforehand -- detection only.
 
 =================  =============================================  ===================================
@@ -29,7 +29,7 @@ training step      ``tripletface train --preset lfw-cpu`` (its     >= 1.2x PyTor
                    (channels_last, default layout)
 =================  =============================================  ===================================
 
-The PyTorch net mirrors ``tripletface.model._small_cnn`` layer for layer (its parameter count
+The PyTorch net mirrors ``tripletface.model.build._small_cnn`` layer for layer (its parameter count
 is checked against the Keras model's); it trains on one in-memory batch of the same shape
 (``TripletMarginMiner`` semi-hard + ``TripletMarginLoss``, margin and learning rate from the
 preset, Adam), so the tripletface figure, which includes its input pipeline, is the harder one.
@@ -330,7 +330,7 @@ def _fr_run(state):
 
 
 def _torch_net(torch, width: float, embedding_dim: int, dropout: float):
-    """``tripletface.model._small_cnn`` + GAP + (Dropout) + Dense + L2 normalisation, in PyTorch.
+    """``tripletface.model.build._small_cnn`` + GAP + (Dropout) + Dense + L2 normalisation, in PyTorch.
 
     Keras' ``padding="same"`` with stride 2 on even sides pads (0, 1) where ``padding=1`` pads (1, 1):
     the same output size and parameter count; BatchNormalization's epsilon 1e-3 and momentum 0.99 (0.01
@@ -418,8 +418,8 @@ def _link_folder(files, root: Path) -> Path:
 
 def _crop_setup(files, params, warm):
     common.quiet_tensorflow()
-    from tripletface.cli import import_tensorflow_quietly
-    from tripletface.config import load_config
+    from tripletface.cli.main import import_tensorflow_quietly
+    from tripletface.config.config import load_config
 
     import_tensorflow_quietly()
     tmp = Path(tempfile.mkdtemp(prefix="peers_crop_"))
@@ -430,7 +430,7 @@ def _crop_setup(files, params, warm):
 
 
 def _crop_run(state):
-    from tripletface.crop import crop_dataset
+    from tripletface.faces.crop import crop_dataset
 
     state["n"] += 1
     out = state["tmp"] / f"out{state['n']}"
@@ -444,10 +444,10 @@ def _crop_run(state):
 
 def _embed_setup(files, params, warm):
     common.quiet_tensorflow()
-    from tripletface.cli import import_tensorflow_quietly
+    from tripletface.cli.main import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from tripletface.embedder import Embedder
+    from tripletface.inference.embedder import Embedder
 
     state = {"emb": Embedder.load(None, batch_size=params["batch"]), "files": [str(f) for f in files]}
     if warm:
@@ -466,7 +466,7 @@ def _train_setup(files, params, warm):
     """The lfw-cpu preset's trainer, built as ``tripletface train`` and bench_train.measure build it,
     fed by its real tf.data pipeline on aligned crops (and, for reference, by one in-memory batch)."""
     common.quiet_tensorflow()
-    from tripletface.cli import import_tensorflow_quietly
+    from tripletface.cli.main import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras
@@ -474,9 +474,9 @@ def _train_setup(files, params, warm):
     import tensorflow as tf
 
     import bench_train
-    from tripletface import dataset as D
-    from tripletface.config import load_config
-    from tripletface.train import build_embedder, build_trainer
+    from tripletface.data import dataset as D
+    from tripletface.config.config import load_config
+    from tripletface.training.train import build_embedder, build_trainer
 
     cfg = load_config(preset="lfw-cpu")
     crops = Path(params["crops"]) if params.get("crops") else common.default_crops()
@@ -484,7 +484,7 @@ def _train_setup(files, params, warm):
     (h, w), p, k = tuple(cfg.model.image_size), cfg.data.p, cfg.data.k
     keras.utils.set_random_seed(cfg.train.seed)
     embedder = build_embedder(cfg, weights=None)
-    trainer, _ = build_trainer(cfg, embedder)  # as tripletface.train.train builds and compiles it
+    trainer, _ = build_trainer(cfg, embedder)  # as tripletface.training.train.train builds and compiles it
     rng = np.random.default_rng(0)
     bare = tf.data.Dataset.from_tensors((tf.constant(rng.integers(0, 256, (p * k, h, w, 3)).astype(np.float32)),
                                          tf.constant(np.repeat(np.arange(p, dtype=np.int32), k)))).repeat()
@@ -728,7 +728,7 @@ def child_params(key: str, args) -> dict:
     if key == "embed":
         return {"batch": 64}
     if key in ("torch", "torch_cl", "train"):
-        from tripletface.config import load_config
+        from tripletface.config.config import load_config
 
         cfg = load_config(preset="lfw-cpu")
         return {"width": cfg.model.width, "embedding_dim": cfg.model.embedding_dim, "dropout": cfg.model.dropout,

@@ -11,6 +11,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # tests run from a checkout without `pip install -e .` too
     sys.path.insert(0, str(REPO_ROOT))
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # the shared helpers (inference_support, ...) for tests in every subfolder
+    sys.path.insert(0, str(TESTS_DIR))
 
 
 def data_root() -> Path:

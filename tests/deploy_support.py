@@ -27,7 +27,7 @@ def lfw_photos(lfw_dir: Path, count: int) -> list[Path]:
 def align_photos(paths, size: int = 112) -> tuple[list[Path], np.ndarray]:
     """Detect and align with the pipeline's own cropper (MTCNN, ArcFace template):
     ``(paths that gave a face, uint8 (N, size, size, 3))``."""
-    from tripletface.faces import FaceCropper
+    from tripletface.faces.cropper import FaceCropper
 
     results = FaceCropper("mtcnn", size=size).process_files(paths)
     ok = [(p, r.aligned) for p, r in zip(paths, results) if r.ok]
@@ -51,10 +51,10 @@ def make_face_model(path: Path, faces: np.ndarray, flip_tta: bool = True, thresh
     (one forward pass in training mode), so different faces get clearly different embeddings."""
     import keras
 
-    from tripletface.config import Config
-    from tripletface.embedder import resize_images
-    from tripletface.faces import alignment_settings
-    from tripletface.model import build_embedding_model, save_model
+    from tripletface.config.config import Config
+    from tripletface.inference.embedder import resize_images
+    from tripletface.faces.cropper import alignment_settings
+    from tripletface.model.build import build_embedding_model, save_model
 
     keras.utils.set_random_seed(7)
     meta = {"metric": "euclidean", "flip_tta": bool(flip_tta)}

@@ -15,9 +15,9 @@ def make_model(path: Path, threshold: float | None = THRESHOLD, alignment: bool 
 
     Each call draws new random weights, so two calls make two different models.
     """
-    from tripletface.config import Config
-    from tripletface.faces import alignment_settings
-    from tripletface.model import build_embedding_model, save_model
+    from tripletface.config.config import Config
+    from tripletface.faces.cropper import alignment_settings
+    from tripletface.model.build import build_embedding_model, save_model
 
     meta = {"metric": "euclidean"}
     if alignment:
@@ -48,7 +48,7 @@ def zero_byte(path: Path) -> Path:
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """``tripletface ARGV`` in this process -> (exit code, stdout, stderr)."""
-    from tripletface.cli import main
+    from tripletface.cli.main import main
 
     capsys.readouterr()
     rc = main([str(a) for a in argv])

@@ -4,9 +4,9 @@
 * a seeded random-mutation run (1000 inputs; needs nothing extra, always runs);
 * every input the fuzzers once broke a decoder with (``fuzz/regressions.py``) is replayed.
 
-Both engines push every input through ``tripletface.imageio.read_image`` (crop, embed,
-compare, enroll, identify), ``tripletface.serve.decode_upload`` (the service, where it
-exists) and ``tripletface.dataset.decode_image`` (the tf.data pipelines).
+Both engines push every input through ``tripletface.data.decode.read_image`` (crop, embed,
+compare, enroll, identify), ``tripletface.serve.app.decode_upload`` (the service, where it
+exists) and ``tripletface.data.dataset.decode_image`` (the tf.data pipelines).
 The long runs are documented commands (docs/RELIABILITY.md).
 """
 
@@ -76,9 +76,9 @@ def test_seeds_are_valid_images_of_every_format(harness, targets):
     "pgm_negative_width_binary", "pgm_binary_in_width", "pgm_int32_overflow"])
 def test_regression_inputs_are_clean_rejections(regressions, targets, tmp_path, name):
     """Each once raised a raw ValueError / UnicodeDecodeError; now a one-line error naming the file."""
-    from tripletface import dataset as D
+    from tripletface.data import dataset as D
     from tripletface.errors import ImageError, InputError
-    from tripletface.imageio import read_image
+    from tripletface.data.decode import read_image
 
     data, _why = regressions[name]
     assert set(targets.check(data).values()) == {"rejected"}
@@ -97,7 +97,7 @@ def test_pgm_header_checks_keep_valid_files(tmp_path):
     """The stricter PGM header parsing still reads 8- and 16-bit files with comments."""
     import tensorflow as tf
 
-    from tripletface import dataset as D
+    from tripletface.data import dataset as D
 
     grey = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7
     (tmp_path / "a.pgm").write_bytes(b"P5\n# a comment\n7 5\n255\n" + grey.tobytes())

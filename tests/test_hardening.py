@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from inference_support import error_lines, make_model, run_cli
-from tripletface import model as M
+from tripletface.model import build as M
 from tripletface.errors import ImageError, InputError, ModelError, TripletfaceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ class _Payload:
 
 
 def test_gallery_carrying_a_pickle_payload_is_refused_without_running_it(tmp_path):
-    from tripletface.gallery import FORMAT, load_gallery
+    from tripletface.inference.gallery import FORMAT, load_gallery
 
     marker = tmp_path / "PWNED"
     meta = json.dumps({"format": FORMAT, "dim": 4})
@@ -243,8 +243,8 @@ def test_crop_output_names_stay_inside_and_fit_the_file_system(lfw_dir, tmp_path
     """Long file names (a.jpg + a.png -> over 255 bytes), a newline in a folder name, a folder of the
     output symlinked outside it; '..', '/' and NUL cannot be folder names on Linux, so the path
     check is tested directly."""
-    from tripletface.config import load_config
-    from tripletface.crop import MANIFEST, _inside, crop_dataset, read_manifest
+    from tripletface.config.config import load_config
+    from tripletface.faces.crop import MANIFEST, _inside, crop_dataset, read_manifest
 
     face = (lfw_dir / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg").read_bytes()
     src, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
@@ -279,7 +279,7 @@ def test_crop_output_names_stay_inside_and_fit_the_file_system(lfw_dir, tmp_path
 
 
 def test_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path):
-    from tripletface.imageio import read_image
+    from tripletface.data.decode import read_image
 
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
@@ -304,7 +304,7 @@ def _crop_input(lfw_dir: Path, root: Path, n_ids: int = 4, per_id: int = 6) -> i
 
 def _check_crop_output(out: Path, n_sources: int) -> list[dict]:
     """Every source once in the manifest, every ok row's file a whole 112x112 PNG, no leftovers."""
-    from tripletface.crop import MANIFEST, read_manifest
+    from tripletface.faces.crop import MANIFEST, read_manifest
 
     rows = read_manifest(out / MANIFEST)
     assert len(rows) == n_sources == len({r["source"] for r in rows})
@@ -319,8 +319,8 @@ def _check_crop_output(out: Path, n_sources: int) -> list[dict]:
 
 
 def test_second_crop_into_the_same_folder_refuses_clearly(lfw_dir, tmp_path):
-    from tripletface.config import load_config
-    from tripletface.crop import _exclusive_output, crop_dataset
+    from tripletface.config.config import load_config
+    from tripletface.faces.crop import _exclusive_output, crop_dataset
 
     n = _crop_input(lfw_dir, tmp_path / "in", n_ids=3, per_id=4)
     out = tmp_path / "out"
@@ -394,7 +394,7 @@ def test_two_enrolls_into_one_gallery_both_land(tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-2000:]
-    from tripletface.gallery import load_gallery
+    from tripletface.inference.gallery import load_gallery
 
     g = load_gallery(gallery)
     assert sorted(g.identities) == ["Ada", "Ann", "Bob"]
@@ -407,8 +407,8 @@ def test_two_enrolls_into_one_gallery_both_land(tmp_path):
 
 
 def test_gallery_write_on_a_full_disk_keeps_the_gallery(tmp_path):
-    from tripletface.embedder import Embedder
-    from tripletface.gallery import enroll, load_gallery
+    from tripletface.inference.embedder import Embedder
+    from tripletface.inference.gallery import enroll, load_gallery
 
     embedder = Embedder.load(make_model(tmp_path / "m.keras"))
     a = _aligned_people(tmp_path / "a", ["Ann"], seed=1)
@@ -451,8 +451,8 @@ def test_embed_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path):
 
 
 def test_crop_on_a_full_disk_stops_cleanly_and_resumes(lfw_dir, tmp_path):
-    from tripletface.config import load_config
-    from tripletface.crop import MANIFEST, crop_dataset, read_manifest
+    from tripletface.config.config import load_config
+    from tripletface.faces.crop import MANIFEST, crop_dataset, read_manifest
 
     n = _crop_input(lfw_dir, tmp_path / "in", n_ids=3, per_id=6)
     cfg = load_config(overrides={"crop.workers": 1, "crop.detect_batch": 2}).crop

@@ -1,3 +1,3 @@
-from tripletface.cli import main
+from tripletface.cli.main import main
 
 raise SystemExit(main())

@@ -110,7 +110,7 @@ _register_if_keras_loaded()
 
 
 def get_loss(loss_cfg):
-    """The loss object a :class:`~tripletface.config.LossConfig` asks for.
+    """The loss object a :class:`~tripletface.config.config.LossConfig` asks for.
 
     ``name == "triplet"`` gives :class:`TripletLoss` (explicit triplets); ``batch_all``,
     ``batch_hard`` and ``semi_hard`` give :class:`OnlineTripletLoss` with that mining.
