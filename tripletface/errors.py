@@ -52,11 +52,18 @@ class OutputError(TripletfaceError):
     exit_code = 8
 
 
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its class name when the message is empty), cut to
+    ``limit`` characters: what a one-line error quotes of a library's multi-line message."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:limit]
+
+
 def os_error(e: OSError, what: str | None = None) -> TripletfaceError:
     """The one-line error for an :class:`OSError` met while writing ``what`` (e.g. "the report"):
     :class:`DiskFullError` when the disk or quota is full, else :class:`OutputError`."""
     where = e.filename if getattr(e, "filename", None) else None
-    reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    reason = e.strerror or first_line(e)
     head = f"{where}: " if where is not None else ""
     if disk_full(e):
         return DiskFullError(f"{head}no space left on device" + (f" while writing {what}" if what else "")

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tripletface.errors import TripletfaceError
+from tripletface.errors import TripletfaceError, first_line
 
 __all__ = [
     "ConfigError",
@@ -666,7 +666,7 @@ def _apply_yaml(cfg: Config, path: Path) -> None:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"config file {path}: not valid YAML ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     preset = data.pop("preset", None)

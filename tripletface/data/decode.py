@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletface.errors import ImageError
+from tripletface.errors import ImageError, first_line
 
 __all__ = ["IMAGE_EXTENSIONS", "STATUSES", "read_image", "decode_image_bytes", "is_image_file", "to_rgb_uint8"]
 
@@ -145,7 +145,7 @@ def _decode(fh, path, max_pixels: int) -> np.ndarray:
         except UnidentifiedImageError:
             raise _error(path, "not_an_image", "not an image (unrecognised file format)") from None
         except _DECODER_ERRORS as e:  # Pillow's plugins raise these on a corrupt header
-            raise _error(path, "unreadable", f"corrupt image header ({_first_line(e)})") from None
+            raise _error(path, "unreadable", f"corrupt image header ({first_line(e)})") from None
         with img:
             width, height = img.size
             if width <= 0 or height <= 0:
@@ -157,13 +157,13 @@ def _decode(fh, path, max_pixels: int) -> np.ndarray:
             try:
                 img.load()
             except OSError as e:
-                msg = _first_line(e)
+                msg = first_line(e)
                 if "truncated" in msg or "broken data stream" in msg:
                     raise _error(path, "truncated", f"truncated or corrupt image data ({msg})") from None
                 raise _error(path, "unreadable", f"cannot decode {img.format or 'image'} data ({msg})") from None
             except _DECODER_ERRORS as e:
                 raise _error(path, "unreadable",
-                             f"cannot decode {img.format or 'image'} data ({_first_line(e)})") from None
+                             f"cannot decode {img.format or 'image'} data ({first_line(e)})") from None
             try:
                 upright = ImageOps.exif_transpose(img)
             except Exception:  # noqa: BLE001 - a corrupt EXIF block must not lose the photo
@@ -176,7 +176,7 @@ def _decode(fh, path, max_pixels: int) -> np.ndarray:
     except MemoryError:
         raise _error(path, "too_large", "not enough memory to decode it") from None
     except Exception as e:  # noqa: BLE001 - a decoder bug on one hostile file: that file is unusable, not the run
-        raise _error(path, "unreadable", f"cannot decode ({type(e).__name__}: {_first_line(e)})") from None
+        raise _error(path, "unreadable", f"cannot decode ({type(e).__name__}: {first_line(e)})") from None
 
 
 def to_rgb_uint8(img) -> np.ndarray:
@@ -216,11 +216,6 @@ def to_rgb_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 def os_reason(e: OSError, missing: str = "file not found") -> str:
     """A short reason for an OSError met while reading an input; ``missing`` words ENOENT
     (a file found by listing a folder and then missing is a broken symlink)."""
@@ -232,4 +227,4 @@ def os_reason(e: OSError, missing: str = "file not found") -> str:
         return "is a directory, not an image file"
     if e.errno == errno.ENOENT:
         return missing
-    return e.strerror or _first_line(e)
+    return e.strerror or first_line(e)

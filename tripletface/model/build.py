@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from tripletface.atomic import replaced_atomically
-from tripletface.errors import ModelError
+from tripletface.errors import ModelError, first_line
 
 BACKBONES = ("resnet50", "efficientnet", "mobilenet", "small_cnn")
 
@@ -217,7 +217,7 @@ def build_embedding_model(backbone: str = "resnet50", embedding_dim: int = 128, 
         try:
             base = ctor(include_top=False, weights=weights, input_shape=(h, w, 3), **kw)
         except (OSError, ValueError) as e:
-            raise ModelError(f"{backbone} weights {weights!r}: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"{backbone} weights {weights!r}: {first_line(e)}") from None
         if weights is None:
             _fast_batch_norm_statistics(base)
         x = base(x)
@@ -294,11 +294,11 @@ def _check_archive(path: Path) -> None:
     except ModelError:
         raise
     except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError) as e:  # RuntimeError: encrypted
-        raise ModelError(f"{path}: not a readable .keras archive ({_first_line(e)})") from None
+        raise ModelError(f"{path}: not a readable .keras archive ({first_line(e)})") from None
     try:
         config = json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise ModelError(f"{path}: config.json is not valid JSON ({_first_line(e)[:200]})") from None
+        raise ModelError(f"{path}: config.json is not valid JSON ({first_line(e, 200)})") from None
     try:
         _check_classes(config, path)
     except RecursionError:
@@ -337,11 +337,6 @@ def _check_classes(obj, path: Path, layer: str = "?") -> None:
         _check_classes(value, path, layer)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _not_a_keras_file(path: Path) -> ModelError:
     """The one-line error for a path that is not a .keras file, naming what it seems to be."""
     if path.is_dir():
@@ -376,7 +371,7 @@ def load_model(path):
     try:
         model = keras.saving.load_model(path, custom_objects=custom, compile=False, safe_mode=True)
     except Exception as e:  # keras raises many kinds here; all mean 'this file is not usable'
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         if "lambda" in msg.lower() or "safe_mode" in msg:
             msg = "refused: it contains a Lambda layer (arbitrary code); only safe models load"
         raise ModelError(f"{path}: cannot load model ({msg[:300]})") from None

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tripletface.errors import InputError, ModelError
+from tripletface.errors import InputError, ModelError, first_line
 
 __all__ = ["MAGIC", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_PIXELS", "ServiceError", "sniff_format",
            "decode_upload", "MicroBatcher", "BodyLimit", "create_app", "add_arguments", "run"]
@@ -113,7 +113,7 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, field: str 
             raise ServiceError(413, "too_large", f"{field}: over the limit of {max_pixels} pixels; not decoded",
                                field) from None
         except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a bad header
-            raise ServiceError(400, "unreadable", f"{field}: unreadable {kind} header ({_first_line(e)})",
+            raise ServiceError(400, "unreadable", f"{field}: unreadable {kind} header ({first_line(e, 200)})",
                                field) from None
         with img:
             w, h = img.size
@@ -125,7 +125,7 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, field: str 
             try:
                 img.load()
             except Exception as e:  # noqa: BLE001 - truncated, corrupt or unsupported data
-                msg = _first_line(e)
+                msg = first_line(e, 200)
                 status = "truncated" if "truncated" in msg or "broken data stream" in msg else "unreadable"
                 raise ServiceError(400, status, f"{field}: truncated or corrupt {kind} data ({msg})", field) from None
             try:
@@ -135,13 +135,8 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, field: str 
             try:
                 return to_rgb_uint8(upright)
             except Exception as e:  # noqa: BLE001 - an exotic mode Pillow cannot convert
-                raise ServiceError(400, "unreadable", f"{field}: cannot convert {img.mode} pixels ({_first_line(e)})",
+                raise ServiceError(400, "unreadable", f"{field}: cannot convert {img.mode} pixels ({first_line(e, 200)})",
                                    field) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
 
 
 # --------------------------------------------------------------------------- micro-batching

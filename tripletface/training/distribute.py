@@ -55,7 +55,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tripletface.errors import InputError, TrainingError
+from tripletface.errors import InputError, TrainingError, first_line
 
 __all__ = ["STRATEGIES", "get_strategy", "num_replicas", "is_chief", "task_name", "worker_dir",
            "remove_worker_dir", "gather_global_batch", "scale_loss", "step_logs", "sync_batch_norm", "shard_by_data",
@@ -104,7 +104,7 @@ def get_strategy(name: str = "none"):
                                 "created; create it first (tripletface.training.distribute.get_strategy)") from None
         raise
     except ValueError as e:  # a malformed cluster spec
-        raise InputError(f"TF_CONFIG: {str(e).splitlines()[0]}") from None
+        raise InputError(f"TF_CONFIG: {first_line(e)}") from None
 
 
 def num_replicas(strategy=None) -> int:
