@@ -92,7 +92,7 @@ def main() -> int:
     p.add_argument("--row", action="append", choices=sorted(ROWS), help="rows to run (default: all)")
     p.add_argument("--list", action="store_true", help="print each row's commands and exit")
     args = p.parse_args()
-    from tripletface.cli.demo import write_fold
+    from tripletface.evaluation.folds import write_fold
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

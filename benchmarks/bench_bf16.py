@@ -5,7 +5,7 @@
   batch, as in ``bench_train.py``) and their inference forwards (batch 64) alternate block by
   block. Ratio = float32 time / bfloat16 time (target >= 1.5x where the CPU has AVX512_BF16 or
   AMX; elsewhere ``train.mixed_precision=auto`` falls back to float32 with a message).
-* **accuracy**: ``tripletface.training.train.train`` with the same config and budget (the ``demo``
+* **accuracy**: ``tripletface.training.loop.train`` with the same config and budget (the ``demo``
   preset: small_cnn at 64 px; steps, batch, seed) in each precision, on the aligned LFW dev
   crops minus every identity of the first two folds of the LFW dev pairs, then verification
   accuracy on those 1200 pairs (``evaluate_pairs``, aligned, threshold picked on the other
@@ -39,7 +39,7 @@ TARGET_ACC_LOSS = 0.5  # accuracy points
 
 
 def bf16_supported() -> bool:
-    from tripletface.training.train import cpu_supports_bf16
+    from tripletface.training.precision import cpu_supports_bf16
 
     return cpu_supports_bf16()
 
@@ -47,7 +47,7 @@ def bf16_supported() -> bool:
 def _build(cfg, policy: str):
     import keras
 
-    from tripletface.training.train import build_embedder, build_trainer
+    from tripletface.training.trainer import build_embedder, build_trainer
 
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -162,10 +162,10 @@ def measure_accuracy(crops: Path, pairs_file: Path, preset: str = "demo", epochs
     several seeds, the spread between seeds of one precision says how large a difference noise
     alone makes.
     """
-    from tripletface.config.config import load_config
+    from tripletface.config import load_config
     from tripletface.inference.embedder import Embedder
     from tripletface.evaluation.evaluate import evaluate_pairs
-    from tripletface.training.train import train
+    from tripletface.training.loop import train
 
     with tempfile.TemporaryDirectory(prefix="bench_bf16_") as tmp:
         held_pairs = Path(tmp) / "holdout_pairs.txt"
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     common.quiet_tensorflow()
-    from tripletface.cli.main import import_tensorflow_quietly
+    from tripletface.cli.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731

@@ -3,7 +3,7 @@
 * **real**: the command as a user types it (the ``tripletface`` console script of this
   Python), two aligned crops, a model with a stored threshold; a fresh process each time;
 * **floor**: ``python -c "import tensorflow"`` plus loading the same model
-  (``tripletface.model.build.load_model``, i.e. ``keras.saving.load_model`` with safe_mode) in one
+  (``tripletface.model.io.load_model``, i.e. ``keras.saving.load_model`` with safe_mode) in one
   fresh process; ``import tensorflow`` alone is timed as well.
 
 Runs alternate real/floor/floor/real...; the ratio is the median over rounds of real/floor
@@ -75,7 +75,7 @@ def measure(model: Path, a: Path, b: Path, repeat: int = 3, log=print) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO_ROOT), env.get("PYTHONPATH")]))
     cmds = {
         "real": tripletface_command() + ["compare", str(a), str(b), "--model", str(model), "--aligned"],
-        "floor": [sys.executable, "-c", "import tensorflow; from tripletface.model.build import load_model; "
+        "floor": [sys.executable, "-c", "import tensorflow; from tripletface.model.io import load_model; "
                   f"load_model({str(model)!r})"],
         "import_tf": [sys.executable, "-c", "import tensorflow"],
     }

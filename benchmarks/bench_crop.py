@@ -11,7 +11,7 @@ Both run in this process on the same LFW images (an evenly spaced ``--limit`` su
 Targets (issue 2): crop >= 4x the baseline's images/second, and >= 99% of images giving a face.
 
 ``--ratio`` (issue 14) instead measures, in one warm process, the steady throughput of
-``crop_dataset`` (the whole call, as ``tripletface crop`` makes it) and of
+``crop_folder`` (the whole call, as ``tripletface crop`` makes it) and of
 ``Embedder.embed_files(aligned=False)`` (bundled model, batch 64) against the ``mtcnn``
 package's own batched call, ``MTCNN().detect_faces(list)`` on chunks of ``crop.detect_batch``
 photos decoded and half-scaled beforehand (detection only; tripletface detects at
@@ -66,14 +66,15 @@ def run_baseline(files: list[Path]) -> dict:
 
 
 def run_crop(files: list[Path], workers: int) -> dict:
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import MANIFEST, crop_dataset, read_manifest
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
+    from tripletface.faces.manifest import MANIFEST, read_manifest
 
     cfg = load_config(overrides={"crop.workers": workers})
     with tempfile.TemporaryDirectory(prefix="bench_crop_") as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
         link_dataset(files, src)
-        summary = crop_dataset(src, out, cfg.crop, progress=sys.stderr.isatty())
+        summary = crop_folder(src, out, cfg.crop, progress=sys.stderr.isatty())
         rows = read_manifest(out / MANIFEST)
     ok = sum(r["status"] == "ok" for r in rows)
     return {"images": len(rows), "seconds": summary.seconds, "images_per_second": summary.images_per_second,
@@ -84,15 +85,15 @@ def run_crop(files: list[Path], workers: int) -> dict:
 
 
 def run_ratio(files: list[Path], rounds: int, overrides: list[str], embed: bool) -> dict:
-    """Steady img/s of crop_dataset (and embed_files) against mtcnn's batched call, alternated."""
+    """Steady img/s of crop_folder (and embed_files) against mtcnn's batched call, alternated."""
     import shutil
 
     import numpy as np
     from mtcnn import MTCNN
     from PIL import Image
 
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import crop_dataset
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
 
     cfg = load_config(overrides=overrides).crop
     scale, batch = float(cfg.detect_scale), int(cfg.detect_batch)
@@ -117,7 +118,7 @@ def run_ratio(files: list[Path], rounds: int, overrides: list[str], embed: bool)
         runs["n"] += 1
         out = tmp / f"out{runs['n']}"
         t0 = time.perf_counter()
-        summary = crop_dataset(tmp / "in", out, cfg, progress=False)
+        summary = crop_folder(tmp / "in", out, cfg, progress=False)
         seconds = time.perf_counter() - t0
         shutil.rmtree(out, ignore_errors=True)
         return summary.processed / seconds, summary.counts.get("ok", 0)

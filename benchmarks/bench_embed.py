@@ -34,13 +34,14 @@ def save_model(backbone: str, size: int, folder: Path, threshold: float = 1.0) -
     """An untrained model with a stored threshold (speed does not depend on the weights)."""
     import keras
 
-    from tripletface.model import build as M
+    from tripletface.model import io as model_io  # a module: this function's own name is save_model
+    from tripletface.model.build import build_embedding_model
 
     keras.utils.set_random_seed(0)
-    model = M.build_embedding_model(backbone, 128, (size, size), weights=None,
-                                    metadata={"threshold": threshold, "threshold_source": "benchmark",
-                                              "metric": "euclidean", "flip_tta": False})
-    return M.save_model(model, folder / f"{backbone}{size}.keras")
+    model = build_embedding_model(backbone, 128, (size, size), weights=None,
+                                  metadata={"threshold": threshold, "threshold_source": "benchmark",
+                                            "metric": "euclidean", "flip_tta": False})
+    return model_io.save_model(model, folder / f"{backbone}{size}.keras")
 
 
 def measure(model_path: Path, files: list[Path], batch: int = 64, flip_tta: bool = False, rounds: int = 2,
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
         print(f"error: {crops}: no crops found (pass --crops)", file=sys.stderr)
         return 2
     common.quiet_tensorflow()
-    from tripletface.cli.main import import_tensorflow_quietly
+    from tripletface.cli.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731

@@ -65,7 +65,9 @@ def _fit_batch_norm(model, x) -> None:
     """Moving statistics := those of ``x`` (one training-mode pass), so folding has real values to fold."""
     import keras
 
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    from tripletface.model.build import all_layers
+
+    bns = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in bns]
     for layer in bns:
         layer.momentum = 0.0
@@ -80,7 +82,7 @@ def measure_fold(backbone: str, size: int, precisions=("float32",), batch: int =
     import keras
     import tensorflow as tf
 
-    from tripletface.model import build as M
+    from tripletface.model.build import build_embedding_model
     from tripletface.inference.embedder import resize_images
     from tripletface.model.fold import fold_batch_norm
 
@@ -91,7 +93,7 @@ def measure_fold(backbone: str, size: int, precisions=("float32",), batch: int =
         x = resize_images(read_crops(files), (size, size))
     else:
         x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-    ref = M.build_embedding_model(backbone, 128, (size, size))
+    ref = build_embedding_model(backbone, 128, (size, size))
     _fit_batch_norm(ref, x)
     xt = tf.constant(x)
     spec = tf.TensorSpec((None, size, size, 3), tf.float32)
@@ -100,7 +102,7 @@ def measure_fold(backbone: str, size: int, precisions=("float32",), batch: int =
     for policy in precisions:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if policy == "bfloat16" else "float32")
         try:
-            plain = M.build_embedding_model(backbone, 128, (size, size))
+            plain = build_embedding_model(backbone, 128, (size, size))
         finally:
             keras.mixed_precision.set_global_policy("float32")
         plain.set_weights(ref.get_weights())
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
                 common.write_json(args.json, {"machine": common.machine_info(), "fold": fold_rows})
             return 0
     from tripletface.evaluation import verification as V
-    from tripletface.inference.embedder import Embedder, distance
+    from tripletface.inference.embedder import Embedder
+    from tripletface.inference.matching import distance
     from tripletface.inference.export import export_model, load_exported
 
     pairs, paths = load_pairs(Path(args.pairs), Path(args.crops), args.max_pairs)

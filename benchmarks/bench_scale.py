@@ -44,7 +44,7 @@ def sized_index(index, n: int):
     """About ``n`` images: the first identities of ``index``, or ``index`` repeated under new names."""
     import numpy as np
 
-    from tripletface.data.dataset import FaceIndex
+    from tripletface.data.index import FaceIndex
 
     if n <= len(index):
         cum = np.cumsum(index.counts())
@@ -66,8 +66,8 @@ def measure_training(index, sizes: list[int], backbone: str = "mobilenet", size:
     import numpy as np
     import tensorflow as tf
 
-    from tripletface.data import dataset as D
-    from tripletface.training.train import build_embedder, build_trainer
+    from tripletface.data.samplers import build_train_dataset
+    from tripletface.training.trainer import build_embedder, build_trainer
 
     cfg = bench_train.train_config(backbone, size, batch, k)
     keras.backend.clear_session()
@@ -86,7 +86,7 @@ def measure_training(index, sizes: list[int], backbone: str = "mobilenet", size:
         idx = sized_index(index, n)
         common.reset_peak()
         t0 = time.perf_counter()
-        ds = D.build_train_dataset(cfg, idx)
+        ds = build_train_dataset(cfg, idx)
         setup = time.perf_counter() - t0
         secs, nsteps, peak, _ = bench_train._block(trainer, ds, steps)
         b_secs, b_steps, _, _ = bench_train._block(trainer, bare, steps)
@@ -131,11 +131,13 @@ def measure_tree(crops_root: Path, sizes: list[int], batches: int = 20, steps: i
     import numpy as np
     import tensorflow as tf
 
-    from tripletface.data import dataset as D
-    from tripletface.config.config import load_config
-    from tripletface.training.train import build_embedder, build_trainer
+    from tripletface.data.index import index_folder, index_folders, split_by_identity
+    from tripletface.data.pipeline import cache_budget_bytes
+    from tripletface.data.samplers import build_train_dataset
+    from tripletface.config import load_config
+    from tripletface.training.trainer import build_embedder, build_trainer
 
-    crops = [p for p in D.index_folder(crops_root).paths if p.endswith(".png")]
+    crops = [p for p in index_folder(crops_root).paths if p.endswith(".png")]
     cfg = load_config("lfw-cpu")  # the recipe's pipeline: small_cnn at 64, P×K 32×4
     size = tuple(cfg.model.image_size)
     keras.utils.set_random_seed(0)
@@ -157,11 +159,11 @@ def measure_tree(crops_root: Path, sizes: list[int], batches: int = 20, steps: i
             common.reset_peak()
             base = common.rss_mib()
             t0 = time.perf_counter()
-            index = D.index_folders([tmp / "src0", tmp / "src1"])
+            index = index_folders([tmp / "src0", tmp / "src1"])
             t_index = time.perf_counter() - t0
-            train_index, _ = D.split_by_identity(index, cfg.data.val_fraction, seed=cfg.data.seed)
+            train_index, _ = split_by_identity(index, cfg.data.val_fraction, seed=cfg.data.seed)
             t_split = time.perf_counter() - t0 - t_index
-            ds = D.build_train_dataset(cfg, train_index)
+            ds = build_train_dataset(cfg, train_index)
             setup = time.perf_counter() - t0
             setup_peak = common.peak_rss_mib()
             it = iter(ds)
@@ -177,7 +179,7 @@ def measure_tree(crops_root: Path, sizes: list[int], batches: int = 20, steps: i
             row = {"files": n_files, "identities": index.num_identities, "make_tree_s": made_s, "index_s": t_index,
                    "split_s": t_split, "setup_s": setup, "rss_before_mib": base, "setup_peak_rss_mib": setup_peak,
                    "peak_rss_mib": peak, "batch_s": batch_s, "step_s": secs / nsteps, "bare_step_s": b_secs / b_steps,
-                   "cache_fits": len(train_index) * size[0] * size[1] * 3 <= D._cache_budget_bytes(), "loadavg": common.load_average()}
+                   "cache_fits": len(train_index) * size[0] * size[1] * 3 <= cache_budget_bytes(), "loadavg": common.load_average()}
             row["ratio"] = row["bare_step_s"] / row["step_s"]
             rows.append(row)
             log(f"scale tree: {n_files} files, {index.num_identities} identities: index {t_index:.1f}s, split "
@@ -210,7 +212,8 @@ def synthetic_gallery(n: int, dim: int = 128, per_identity: int = 10, seed: int 
 def measure_identify(sizes: list[int], queries: int = 20, log=print) -> list[dict]:
     import numpy as np
 
-    from tripletface.inference.gallery import load_gallery, nearest_identities, save_gallery
+    from tripletface.inference.gallery import load_gallery, save_gallery
+    from tripletface.inference.search import nearest_identities
 
     rows = []
     rng = np.random.default_rng(1)
@@ -268,7 +271,7 @@ def main(argv=None) -> int:
     tree_sizes = [int(s) for s in args.tree_sizes.split(",") if s.strip()]
     if tree_sizes:
         common.quiet_tensorflow()
-        from tripletface.cli.main import import_tensorflow_quietly
+        from tripletface.cli.startup import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         tree = measure_tree(args.crops or common.default_crops(), tree_sizes, log=log)
@@ -280,7 +283,7 @@ def main(argv=None) -> int:
                              common.fmt(r["bare_step_s"], ".2f")] for r in tree])
     if not args.skip_training:
         common.quiet_tensorflow()
-        from tripletface.cli.main import import_tensorflow_quietly
+        from tripletface.cli.startup import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         crops = args.crops or common.default_crops()

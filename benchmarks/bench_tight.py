@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from tripletface.faces.crop import read_manifest
+    from tripletface.faces.manifest import read_manifest
     from tripletface.faces.cropper import FaceCropper
     from tripletface.data.decode import read_image
 

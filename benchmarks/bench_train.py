@@ -1,6 +1,6 @@
 """Training step: the real pipeline against the bare model step, side by side in one run.
 
-* **real**: aligned crop files -> ``tripletface.data.dataset.build_train_dataset`` (P×K sampling,
+* **real**: aligned crop files -> ``tripletface.data.samplers.build_train_dataset`` (P×K sampling,
   decoded once into the in-memory cache, per-image augmentation from the config, parallel
   map, prefetch) -> ``TripletTrainer.train_step`` (model -> mining loss -> optimizer), run
   by ``keras.Model.fit`` exactly as ``tripletface train`` runs it;
@@ -60,7 +60,7 @@ def parse_config(text: str) -> tuple[str, int]:
 def train_config(backbone: str, size: int, batch: int, k: int, precision: str = "float32",
                  augment: str = "default", extra: dict | None = None, preset: str = "cpu"):
     """``preset`` (the ``cpu`` one unless told) with this backbone, input size, P×K batch and precision."""
-    from tripletface.config.config import load_config
+    from tripletface.config import load_config
 
     overrides = {"model.backbone": backbone, "model.image_size": (size, size), "data.batch_size": batch,
                  "data.k": k, "train.mixed_precision": precision, "model.weights": None}
@@ -77,9 +77,9 @@ def load_index(crops: Path, limit: int = 0):
     """Index the crops; with ``limit`` keep the first identities holding about that many images."""
     import numpy as np
 
-    from tripletface.data import dataset as D
+    from tripletface.data.index import index_folder
 
-    index = D.index_folder(crops)
+    index = index_folder(crops)
     if limit and limit < len(index):
         cum = np.cumsum(index.counts())
         index = index.subset(range(int(np.searchsorted(cum, limit)) + 1))
@@ -131,9 +131,10 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
     import numpy as np
     import tensorflow as tf
 
-    from tripletface.data import dataset as D
+    from tripletface.data.samplers import build_train_dataset
     from tripletface.data.augment import enabled_ops
-    from tripletface.training.train import build_embedder, build_trainer, resolve_precision
+    from tripletface.training.precision import resolve_precision
+    from tripletface.training.trainer import build_embedder, build_trainer
 
     backbone, (h, w) = cfg.model.backbone, tuple(cfg.model.image_size)
     p, k = cfg.data.p, cfg.data.k
@@ -163,7 +164,7 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
 
         rss_before = common.rss_mib()
         t0 = time.perf_counter()
-        real = D.build_train_dataset(cfg, index)
+        real = build_train_dataset(cfg, index)
         setup_s = time.perf_counter() - t0
         cache_mib = len(index) * h * w * 3 / 2**20 if cfg.data.cache else 0.0
         rss_after = common.rss_mib()
@@ -214,7 +215,7 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
 # was before them is "keras" (Keras' BatchNorm ops, no XLA, one step per compiled call, NHWC).
 LEVER_WORDS = {
     "keras": "Keras 3's BatchNorm (separate moments and normalisation ops), no XLA, NHWC",
-    "fused_bn": "BatchNorm training pass as TensorFlow's fused kernel (tripletface.training.train.fuse_batch_norm)",
+    "fused_bn": "BatchNorm training pass as TensorFlow's fused kernel (tripletface.training.trainer.fuse_batch_norm)",
     "jit": "XLA: compile(jit_compile=True)",
     "spe<N>": "compile(steps_per_execution=N): N steps per call of the compiled function",
     "nchw": "small_cnn in channels_first (NCHW) layout after the preprocessing layer",
@@ -241,12 +242,12 @@ def _small_cnn_nchw(cfg):
     BatchNorm and pooling in channels_first: one transpose after the preprocessing layer."""
     import keras
 
-    from tripletface.model import build as M
+    from tripletface.model.build import PREPROCESS_MODES
+    from tripletface.model.layers import FacePreprocess, L2Normalize
 
-    M._register()
     h, w = tuple(cfg.model.image_size)
     inputs = keras.Input((h, w, 3), name="image")
-    x = M.FacePreprocess(M.PREPROCESS_MODES["small_cnn"], name="preprocess")(inputs)
+    x = FacePreprocess(PREPROCESS_MODES["small_cnn"], name="preprocess")(inputs)
     x = keras.layers.Permute((3, 1, 2), name="to_nchw")(x)
     for i, ch in enumerate((32, 64, 128, 256)):
         ch = max(8, int(ch * cfg.model.width))
@@ -257,15 +258,15 @@ def _small_cnn_nchw(cfg):
             x = keras.layers.ReLU(name=f"stage{i}_relu{j}")(x)
     x = keras.layers.GlobalAveragePooling2D(data_format="channels_first", name="gap")(x)
     x = keras.layers.Dense(int(cfg.model.embedding_dim), name="embedding")(x)
-    return keras.Model(inputs, M.L2Normalize(name="l2_normalize")(x), name="tripletface_small_cnn_nchw")
+    return keras.Model(inputs, L2Normalize(name="l2_normalize")(x), name="tripletface_small_cnn_nchw")
 
 
 def _lever_trainer(cfg, lever: dict):
     import keras
 
-    from tripletface.model import build as M
+    from tripletface.model.build import build_embedding_model
     from tripletface.losses import get_loss
-    from tripletface.training.train import fuse_batch_norm, make_optimizer, make_trainer
+    from tripletface.training.trainer import fuse_batch_norm, make_optimizer, make_trainer
 
     keras.utils.set_random_seed(cfg.train.seed)  # every lever starts from the same weights
     if lever["nchw"]:
@@ -273,8 +274,8 @@ def _lever_trainer(cfg, lever: dict):
             raise SystemExit(f"error: lever nchw: only for small_cnn, received: {cfg.model.backbone}")
         embedder = _small_cnn_nchw(cfg)
     else:
-        embedder = M.build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, tuple(cfg.model.image_size),
-                                           weights=None, dropout=cfg.model.dropout, width=cfg.model.width)
+        embedder = build_embedding_model(cfg.model.backbone, cfg.model.embedding_dim, tuple(cfg.model.image_size),
+                                         weights=None, dropout=cfg.model.dropout, width=cfg.model.width)
     if lever["fused_bn"]:
         fuse_batch_norm(embedder)
     trainer = make_trainer(embedder, get_loss(cfg.loss))
@@ -290,8 +291,8 @@ def measure_levers(cfg, index, levers: list[dict], steps: int = 4, rounds: int =
     of (first lever's step time / its step time) in the same round; also in CPU seconds per step."""
     import keras
 
-    from tripletface.data import dataset as D
-    from tripletface.training.train import resolve_precision
+    from tripletface.data.samplers import build_train_dataset
+    from tripletface.training.precision import resolve_precision
 
     p, k = cfg.data.p, cfg.data.k
     n = p * k
@@ -299,7 +300,7 @@ def measure_levers(cfg, index, levers: list[dict], steps: int = 4, rounds: int =
     policy = resolve_precision(cfg.train.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        real = D.build_train_dataset(cfg, index)
+        real = build_train_dataset(cfg, index)
         trainers, first_call, first_loss = [], [], []
         for lever in levers:
             try:
@@ -404,14 +405,14 @@ def profile_levers(cfg, index, levers: list[dict], steps: int, logdir: Path, log
     import keras
     import tensorflow as tf
 
-    from tripletface.data import dataset as D
-    from tripletface.training.train import resolve_precision
+    from tripletface.data.samplers import build_train_dataset
+    from tripletface.training.precision import resolve_precision
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(resolve_precision(cfg.train.mixed_precision))
     out = []
     try:
-        real = D.build_train_dataset(cfg, index)
+        real = build_train_dataset(cfg, index)
         for lever in levers:
             trainer = _lever_trainer(cfg, lever)
             trainer.fit(real, epochs=1, steps_per_epoch=2 * lever["spe"], verbose=0, shuffle=False)
@@ -525,7 +526,7 @@ def main(argv=None) -> int:
         if len(configs) != 1:
             parser.error("--levers measures one config: pass --configs BACKBONE@SIZE")
         common.quiet_tensorflow()
-        from tripletface.cli.main import import_tensorflow_quietly
+        from tripletface.cli.startup import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         index = load_index(crops, args.limit)
@@ -544,7 +545,7 @@ def main(argv=None) -> int:
         results = _run_children(argv if argv is not None else sys.argv[1:], configs)
     else:
         common.quiet_tensorflow()
-        from tripletface.cli.main import import_tensorflow_quietly
+        from tripletface.cli.startup import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         index = load_index(crops, args.limit)

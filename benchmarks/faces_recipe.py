@@ -101,14 +101,16 @@ def celeba_holdout(crops: Path, out: Path) -> Path:
 
 def score_celeba(model: Path, crops: Path, holdout: Path) -> dict:
     """Verification on pairs of the held-out CelebA identities' aligned crops (never trained on)."""
-    from tripletface.data import dataset as D
+    from tripletface.data.index import index_folder
+    from tripletface.data.validation import make_val_pairs
     from tripletface.evaluation import verification as V
-    from tripletface.inference.embedder import Embedder, distance
+    from tripletface.inference.embedder import Embedder
+    from tripletface.inference.matching import distance
 
     names = [line.split("/", 1)[1] for line in holdout.read_text().split()]
-    index = D.index_folder(crops)
+    index = index_folder(crops)
     index = index.subset([i for i, n in enumerate(index.names) if n in set(names)])
-    a, b, same = D.make_val_pairs(index, CELEBA_PAIRS, seed=0)
+    a, b, same = make_val_pairs(index, CELEBA_PAIRS, seed=0)
     emb, failures = Embedder.load(str(model)).embed_files(list(index.paths), aligned=True)
     d = distance(emb[a], emb[b])
     acc = V.kfold_accuracy(d, same, folds=10)
@@ -129,7 +131,7 @@ def _verification(metrics: dict) -> dict:
 
 
 def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> dict:
-    from tripletface.cli.demo import write_fold
+    from tripletface.evaluation.folds import write_fold
 
     pairs, names = out / f"pairs_fold{fold}.txt", out / f"holdout{fold}.txt"
     write_fold(args.data / "lfw-dev-pairs.txt", fold, pairs, names, cropped=lfw)
@@ -188,10 +190,10 @@ def step_costs(preset: str, rows, lfw: Path, celeba: Path, steps: int = 4, round
     crops the cache holds, so each source is sampled down to STEP_COST_IDENTITIES identities."""
     import bench_train
 
-    from tripletface.data import dataset as D
-    from tripletface.config.config import load_config
+    from tripletface.data.index import index_folders
+    from tripletface.config import load_config
 
-    index = D.index_folders([lfw, celeba])
+    index = index_folders([lfw, celeba])
     src, anchors = index.source_ids(), index.anchor_identities()
     keep = [a for s in range(index.num_sources) for a in anchors[src[anchors] == s][:STEP_COST_IDENTITIES]]
     index = index.subset(keep)
@@ -301,10 +303,10 @@ def main(argv=None) -> int:
         print(f"load average {common.load_average()} ({os.cpu_count()} CPUs)")
         return 0
     if args.final:
-        from tripletface.model import build as M
+        from tripletface.model.io import get_metadata, load_model
 
         path = final_model(args, lfw, celeba, args.out, log)
-        meta = M.get_metadata(M.load_model(path))
+        meta = get_metadata(load_model(path))
         print(sources_table(meta))
         print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB, threshold {meta['threshold']:.4f} "
               f"({meta['threshold_source']})")

@@ -10,7 +10,7 @@ lfw-dev, :func:`common.image_sample`), in its own processes, alternated A B C A 
   ``tripletface embed IN --output X.npz``) on a folder of symlinks to the photos.
 * **steady**: a warm worker process (started once per stage, warmed up by a full untimed
   pass) times one pass over the photos per round. For ``tripletface`` the steady pass is the
-  library call the CLI makes (:func:`tripletface.faces.crop.crop_dataset`,
+  library call the CLI makes (:func:`tripletface.faces.crop.crop_folder`,
   :meth:`tripletface.inference.embedder.Embedder.embed_files`); for the detector peers it is the
   detector call alone, on photos decoded (and half-scaled) beforehand -- detection only.
 
@@ -418,8 +418,8 @@ def _link_folder(files, root: Path) -> Path:
 
 def _crop_setup(files, params, warm):
     common.quiet_tensorflow()
-    from tripletface.cli.main import import_tensorflow_quietly
-    from tripletface.config.config import load_config
+    from tripletface.cli.startup import import_tensorflow_quietly
+    from tripletface.config import load_config
 
     import_tensorflow_quietly()
     tmp = Path(tempfile.mkdtemp(prefix="peers_crop_"))
@@ -430,12 +430,12 @@ def _crop_setup(files, params, warm):
 
 
 def _crop_run(state):
-    from tripletface.faces.crop import crop_dataset
+    from tripletface.faces.crop import crop_folder
 
     state["n"] += 1
     out = state["tmp"] / f"out{state['n']}"
     t0 = time.perf_counter()
-    summary = crop_dataset(state["src"], out, state["cfg"], progress=False)
+    summary = crop_folder(state["src"], out, state["cfg"], progress=False)
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     return {"images": summary.processed, "seconds": seconds, "found": summary.counts.get("ok", 0),
@@ -444,7 +444,7 @@ def _crop_run(state):
 
 def _embed_setup(files, params, warm):
     common.quiet_tensorflow()
-    from tripletface.cli.main import import_tensorflow_quietly
+    from tripletface.cli.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from tripletface.inference.embedder import Embedder
@@ -466,7 +466,7 @@ def _train_setup(files, params, warm):
     """The lfw-cpu preset's trainer, built as ``tripletface train`` and bench_train.measure build it,
     fed by its real tf.data pipeline on aligned crops (and, for reference, by one in-memory batch)."""
     common.quiet_tensorflow()
-    from tripletface.cli.main import import_tensorflow_quietly
+    from tripletface.cli.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras
@@ -474,9 +474,9 @@ def _train_setup(files, params, warm):
     import tensorflow as tf
 
     import bench_train
-    from tripletface.data import dataset as D
-    from tripletface.config.config import load_config
-    from tripletface.training.train import build_embedder, build_trainer
+    from tripletface.data.samplers import build_train_dataset
+    from tripletface.config import load_config
+    from tripletface.training.trainer import build_embedder, build_trainer
 
     cfg = load_config(preset="lfw-cpu")
     crops = Path(params["crops"]) if params.get("crops") else common.default_crops()
@@ -484,11 +484,11 @@ def _train_setup(files, params, warm):
     (h, w), p, k = tuple(cfg.model.image_size), cfg.data.p, cfg.data.k
     keras.utils.set_random_seed(cfg.train.seed)
     embedder = build_embedder(cfg, weights=None)
-    trainer, _ = build_trainer(cfg, embedder)  # as tripletface.training.train.train builds and compiles it
+    trainer, _ = build_trainer(cfg, embedder)  # as tripletface.training.loop.train builds and compiles it
     rng = np.random.default_rng(0)
     bare = tf.data.Dataset.from_tensors((tf.constant(rng.integers(0, 256, (p * k, h, w, 3)).astype(np.float32)),
                                          tf.constant(np.repeat(np.arange(p, dtype=np.int32), k)))).repeat()
-    real = D.build_train_dataset(cfg, index)
+    real = build_train_dataset(cfg, index)
     state = {"trainer": trainer, "real": real, "bare": bare, "steps": params["steps"], "batch": p * k,
              "block": bench_train._block,
              "info": {"params": int(sum(np.prod(v.shape) for v in embedder.trainable_weights)),
@@ -728,7 +728,7 @@ def child_params(key: str, args) -> dict:
     if key == "embed":
         return {"batch": 64}
     if key in ("torch", "torch_cl", "train"):
-        from tripletface.config.config import load_config
+        from tripletface.config import load_config
 
         cfg = load_config(preset="lfw-cpu")
         return {"width": cfg.model.width, "embedding_dim": cfg.model.embedding_dim, "dropout": cfg.model.dropout,

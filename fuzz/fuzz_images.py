@@ -6,12 +6,12 @@ Every input goes through each target:
 * ``imageio`` -- :func:`tripletface.data.decode.read_image`, the reader of ``crop``, ``embed``,
   ``compare``, ``enroll`` and ``identify``. Clean rejection: :class:`~tripletface.errors.ImageError`
   with a one-line ``"<path>: <reason>"`` message and a known ``.status``.
-* ``serve`` -- :func:`tripletface.serve.app.decode_upload`, the service's upload check and decoder
-  (when ``tripletface/serve/app.py`` exists). Clean rejection: a ``ServiceError`` with a 4xx code
+* ``serve`` -- :func:`tripletface.serve.uploads.decode_upload`, the service's upload check and decoder
+  (when ``tripletface/serve/uploads.py`` exists). Clean rejection: a ``ServiceError`` with a 4xx code
   and a one-line message naming the form field.
-* ``tf`` -- :func:`tripletface.data.dataset.decode_image` in graph mode, as the ``tf.data`` training
+* ``tf`` -- :func:`tripletface.data.images.decode_image` in graph mode, as the ``tf.data`` training
   and evaluation pipelines run it. Clean rejection: ``tf.errors.InvalidArgumentError``, and
-  then a one-line reason from ``dataset._why_unreadable`` (what the pipeline puts in its
+  then a one-line reason from ``images._why_unreadable`` (what the pipeline puts in its
   ``InputError`` naming the file).
 
 A finding is: any other exception, an accepted image that is not ``uint8 (h, w, 3)`` or is
@@ -160,10 +160,10 @@ def regression_inputs() -> dict[str, bytes]:
 
 
 def default_targets() -> tuple[str, ...]:
-    """imageio and tf, plus serve where ``tripletface.serve.app`` exists."""
+    """imageio and tf, plus serve where ``tripletface.serve.uploads`` exists."""
     import importlib.util
 
-    return ("imageio", "serve", "tf") if importlib.util.find_spec("tripletface.serve.app") else ("imageio", "tf")
+    return ("imageio", "serve", "tf") if importlib.util.find_spec("tripletface.serve.uploads") else ("imageio", "tf")
 
 
 class Targets:
@@ -208,7 +208,7 @@ class Targets:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
 
-        from tripletface.data.dataset import decode_image
+        from tripletface.data.images import decode_image
 
         self._tf = tf
         self._tf_decode = tf.function(decode_image, input_signature=[tf.TensorSpec([], tf.string)])
@@ -252,7 +252,8 @@ class Targets:
         return "accepted"
 
     def _check_serve(self, data: bytes) -> str:
-        from tripletface.serve.app import ServiceError, decode_upload
+        from tripletface.serve.errors import ServiceError
+        from tripletface.serve.uploads import decode_upload
 
         try:
             img = decode_upload(data, max_pixels=self.max_pixels, field="image")
@@ -272,7 +273,7 @@ class Targets:
             img = self._tf_decode(tf.constant(data)).numpy()
         except tf.errors.InvalidArgumentError:
             # the pipeline then names the file with a one-line reason, found by decoding it eagerly
-            from tripletface.data.dataset import _why_unreadable
+            from tripletface.data.images import _why_unreadable
 
             with open(self.path, "wb") as fh:
                 fh.write(data)
@@ -387,7 +388,7 @@ def run_atheris(argv: list[str], target_names) -> None:
         import tripletface.data.decode  # noqa: F401
 
         if "serve" in target_names:
-            import tripletface.serve.app  # noqa: F401
+            import tripletface.serve.uploads  # noqa: F401
 
     targets = Targets(target_names)
     corpus = [a for a in argv[1:] if not a.startswith("-")]

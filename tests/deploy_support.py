@@ -51,10 +51,11 @@ def make_face_model(path: Path, faces: np.ndarray, flip_tta: bool = True, thresh
     (one forward pass in training mode), so different faces get clearly different embeddings."""
     import keras
 
-    from tripletface.config.config import Config
+    from tripletface.config import Config
     from tripletface.inference.embedder import resize_images
     from tripletface.faces.cropper import alignment_settings
-    from tripletface.model.build import build_embedding_model, save_model
+    from tripletface.model.build import build_embedding_model
+    from tripletface.model.io import save_model
 
     keras.utils.set_random_seed(7)
     meta = {"metric": "euclidean", "flip_tta": bool(flip_tta)}

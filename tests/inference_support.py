@@ -15,9 +15,10 @@ def make_model(path: Path, threshold: float | None = THRESHOLD, alignment: bool 
 
     Each call draws new random weights, so two calls make two different models.
     """
-    from tripletface.config.config import Config
+    from tripletface.config import Config
     from tripletface.faces.cropper import alignment_settings
-    from tripletface.model.build import build_embedding_model, save_model
+    from tripletface.model.build import build_embedding_model
+    from tripletface.model.io import save_model
 
     meta = {"metric": "euclidean"}
     if alignment:

@@ -23,7 +23,7 @@ import bench_train  # noqa: E402
 import common  # noqa: E402
 import run_all  # noqa: E402
 
-from tripletface.data.dataset import FaceIndex  # noqa: E402
+from tripletface.data.index import FaceIndex  # noqa: E402
 
 
 def test_parse_config():
@@ -145,7 +145,7 @@ def test_ablation_rows_change_one_thing_from_the_original_design(tmp_path):
 
 
 def test_synthetic_tree_links_the_crops_into_two_sources(tmp_path):
-    from tripletface.data.dataset import index_folders
+    from tripletface.data.index import index_folders
 
     crops = []
     for i in range(3):
@@ -189,7 +189,7 @@ def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
     key it names, and --ablation lists each result under its row name."""
     import faces_recipe
 
-    from tripletface.config.config import load_config
+    from tripletface.config import load_config
 
     base = load_config(preset="faces-cpu", overrides=faces_recipe.BUDGET).to_dict()
     flat = lambda d: {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}  # noqa: E731
@@ -270,8 +270,8 @@ def test_bench_train_measures_explicit_triplet_steps(tmp_path):
     import bench_train
     from PIL import Image
 
-    from tripletface.data import dataset as D
-    from tripletface.config.config import load_config
+    from tripletface.data.index import index_folder
+    from tripletface.config import load_config
 
     rng = np.random.default_rng(0)
     for i in range(6):
@@ -280,6 +280,6 @@ def test_bench_train_measures_explicit_triplet_steps(tmp_path):
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"id{i}" / f"{j}.png")
     cfg = load_config(preset="smoke", overrides=[f"TRAIN_DIR={tmp_path}", "data.sampling=triplets", "loss.name=triplet",
                                                  "data.batch_size=4", "model.image_size=32x32"])
-    r = bench_train.measure(cfg, D.index_folder(tmp_path), steps=1, rounds=1, warmup=1, log=lambda m: None)
+    r = bench_train.measure(cfg, index_folder(tmp_path), steps=1, rounds=1, warmup=1, log=lambda m: None)
     assert r["batch"] == 12 and r["loss"] == "triplet"
     assert r["real_img_s"] > 0 and r["bare_img_s"] > 0 and len(r["step_s"]["real"]) == 1

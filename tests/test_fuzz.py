@@ -5,8 +5,8 @@
 * every input the fuzzers once broke a decoder with (``fuzz/regressions.py``) is replayed.
 
 Both engines push every input through ``tripletface.data.decode.read_image`` (crop, embed,
-compare, enroll, identify), ``tripletface.serve.app.decode_upload`` (the service, where it
-exists) and ``tripletface.data.dataset.decode_image`` (the tf.data pipelines).
+compare, enroll, identify), ``tripletface.serve.uploads.decode_upload`` (the service, where it
+exists) and ``tripletface.data.images.decode_image`` (the tf.data pipelines).
 The long runs are documented commands (docs/RELIABILITY.md).
 """
 
@@ -76,7 +76,7 @@ def test_seeds_are_valid_images_of_every_format(harness, targets):
     "pgm_negative_width_binary", "pgm_binary_in_width", "pgm_int32_overflow"])
 def test_regression_inputs_are_clean_rejections(regressions, targets, tmp_path, name):
     """Each once raised a raw ValueError / UnicodeDecodeError; now a one-line error naming the file."""
-    from tripletface.data import dataset as D
+    from tripletface.data.images import check_images
     from tripletface.errors import ImageError, InputError
     from tripletface.data.decode import read_image
 
@@ -89,7 +89,7 @@ def test_regression_inputs_are_clean_rejections(regressions, targets, tmp_path, 
     assert str(err.value).startswith(f"{bad}: ") and "\n" not in str(err.value)
     assert err.value.status in ("unreadable", "not_an_image", "too_large")
     with pytest.raises(InputError) as err:  # what `train` / `evaluate` report for it
-        D.check_images([str(bad)])
+        check_images([str(bad)])
     assert str(err.value).startswith(f"{bad}: unreadable image (") and "\n" not in str(err.value)
 
 
@@ -97,14 +97,14 @@ def test_pgm_header_checks_keep_valid_files(tmp_path):
     """The stricter PGM header parsing still reads 8- and 16-bit files with comments."""
     import tensorflow as tf
 
-    from tripletface.data import dataset as D
+    from tripletface.data.images import decode_image
 
     grey = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7
     (tmp_path / "a.pgm").write_bytes(b"P5\n# a comment\n7 5\n255\n" + grey.tobytes())
-    out = D.decode_image(tf.io.read_file(str(tmp_path / "a.pgm"))).numpy()
+    out = decode_image(tf.io.read_file(str(tmp_path / "a.pgm"))).numpy()
     np.testing.assert_array_equal(out[:, :, 1], grey)
     (tmp_path / "b.pgm").write_bytes(b"P5 7 5 65535\n" + (grey.astype(">u2") * 257).tobytes())
-    np.testing.assert_array_equal(D.decode_image(tf.io.read_file(str(tmp_path / "b.pgm"))).numpy()[:, :, 0], grey)
+    np.testing.assert_array_equal(decode_image(tf.io.read_file(str(tmp_path / "b.pgm"))).numpy()[:, :, 0], grey)
 
 
 def test_mutation_fuzz_1000_inputs(tmp_path):

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from inference_support import error_lines, make_model, run_cli
-from tripletface.model import build as M
+from tripletface.model.io import load_model
 from tripletface.errors import ImageError, InputError, ModelError, TripletfaceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_model_with_an_unregistered_custom_layer_is_refused(tmp_path):
     inp = keras.Input((4,))
     keras.Model(inp, Doubler(name="doubler")(inp)).save(tmp_path / "custom.keras")
     with pytest.raises(ModelError) as err:
-        M.load_model(tmp_path / "custom.keras")
+        load_model(tmp_path / "custom.keras")
     msg = str(err.value)
     assert msg.startswith(f"{tmp_path / 'custom.keras'}: refused: layer 'doubler' uses ") and "\n" not in msg
     assert "Doubler" in msg and "not a Keras or tripletface class" in msg
@@ -144,7 +144,7 @@ def test_model_config_naming_other_code_is_refused_before_it_runs(good_model, tm
                           _replace_layer("GlobalAveragePooling2D", module=module, class_name=cls,
                                          registered_name=None, config=config))
     with pytest.raises(ModelError, match=rf"refused: layer '[^']+' uses {module}\.{cls}, which is not a Keras"):
-        M.load_model(bad)
+        load_model(bad)
     assert not marker.exists()
 
 
@@ -178,14 +178,14 @@ def test_model_archive_tricks_are_refused(good_model, tmp_path, monkeypatch):
         path = tmp_path / f"{name}.keras"
         make(path)
         with pytest.raises(ModelError) as err:
-            M.load_model(path)
+            load_model(path)
         assert str(err.value).startswith(f"{path}: ") and needle in str(err.value), name
         assert "\n" not in str(err.value)
     assert list(outside.iterdir()) == []
     # a zip bomb: refused from the sizes in the archive's directory, before anything is unpacked
-    monkeypatch.setattr(M, "MAX_ARCHIVE_BYTES", 1000)
+    monkeypatch.setattr("tripletface.model.io.MAX_ARCHIVE_BYTES", 1000)
     with pytest.raises(ModelError, match=r"refused: the archive unpacks to \d+ bytes \(limit 1000; a zip bomb\?\)"):
-        M.load_model(good_model)
+        load_model(good_model)
 
 
 def test_other_model_types_passed_as_model_are_refused(capsys, tmp_path):
@@ -243,8 +243,10 @@ def test_crop_output_names_stay_inside_and_fit_the_file_system(lfw_dir, tmp_path
     """Long file names (a.jpg + a.png -> over 255 bytes), a newline in a folder name, a folder of the
     output symlinked outside it; '..', '/' and NUL cannot be folder names on Linux, so the path
     check is tested directly."""
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import MANIFEST, _inside, crop_dataset, read_manifest
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
+    from tripletface.faces.manifest import MANIFEST, read_manifest
+    from tripletface.faces.scan import inside as _inside
 
     face = (lfw_dir / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg").read_bytes()
     src, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
@@ -260,7 +262,7 @@ def test_crop_output_names_stay_inside_and_fit_the_file_system(lfw_dir, tmp_path
     elsewhere.mkdir()
     (out / "Outside").symlink_to(elsewhere, target_is_directory=True)  # planted in the output folder
 
-    crop_dataset(src, out, load_config(overrides={"crop.workers": 1}).crop, progress=False)
+    crop_folder(src, out, load_config(overrides={"crop.workers": 1}).crop, progress=False)
     rows = {r["source"]: r for r in read_manifest(out / MANIFEST)}
     assert len(rows) == 4
     ann = [rows[f"Ann/{long}.jpg"], rows[f"Ann/{long}.png"]]
@@ -304,7 +306,7 @@ def _crop_input(lfw_dir: Path, root: Path, n_ids: int = 4, per_id: int = 6) -> i
 
 def _check_crop_output(out: Path, n_sources: int) -> list[dict]:
     """Every source once in the manifest, every ok row's file a whole 112x112 PNG, no leftovers."""
-    from tripletface.faces.crop import MANIFEST, read_manifest
+    from tripletface.faces.manifest import MANIFEST, read_manifest
 
     rows = read_manifest(out / MANIFEST)
     assert len(rows) == n_sources == len({r["source"] for r in rows})
@@ -319,15 +321,16 @@ def _check_crop_output(out: Path, n_sources: int) -> list[dict]:
 
 
 def test_second_crop_into_the_same_folder_refuses_clearly(lfw_dir, tmp_path):
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import _exclusive_output, crop_dataset
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
+    from tripletface.faces.manifest import exclusive_output as _exclusive_output
 
     n = _crop_input(lfw_dir, tmp_path / "in", n_ids=3, per_id=4)
     out = tmp_path / "out"
     # deterministic: a run holds the folder (here: this test) -> the next one refuses at once
     with _exclusive_output(out, (0, 1)):
         with pytest.raises(InputError) as err:
-            crop_dataset(tmp_path / "in", out, load_config().crop, progress=False)
+            crop_folder(tmp_path / "in", out, load_config().crop, progress=False)
     assert str(err.value) == (f"{out}: another crop (pid {os.getpid()}) is writing into this folder; wait for "
                               "it to finish (run again then to resume) or use another OUTPUT_DIR")
     assert sorted(p.name for p in out.iterdir()) == []  # the refused run wrote nothing
@@ -408,7 +411,8 @@ def test_two_enrolls_into_one_gallery_both_land(tmp_path):
 
 def test_gallery_write_on_a_full_disk_keeps_the_gallery(tmp_path):
     from tripletface.inference.embedder import Embedder
-    from tripletface.inference.gallery import enroll, load_gallery
+    from tripletface.inference.gallery import load_gallery
+    from tripletface.inference.open_set import enroll
 
     embedder = Embedder.load(make_model(tmp_path / "m.keras"))
     a = _aligned_people(tmp_path / "a", ["Ann"], seed=1)
@@ -451,15 +455,16 @@ def test_embed_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path):
 
 
 def test_crop_on_a_full_disk_stops_cleanly_and_resumes(lfw_dir, tmp_path):
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import MANIFEST, crop_dataset, read_manifest
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
+    from tripletface.faces.manifest import MANIFEST, read_manifest
 
     n = _crop_input(lfw_dir, tmp_path / "in", n_ids=3, per_id=6)
     cfg = load_config(overrides={"crop.workers": 1, "crop.detect_batch": 2}).crop
     with small_disk(tmp_path / "disk", "160k") as disk:
         out = disk / "out"
         with pytest.raises(TripletfaceError) as err:
-            crop_dataset(tmp_path / "in", out, cfg, progress=False)
+            crop_folder(tmp_path / "in", out, cfg, progress=False)
         msg = str(err.value)
         assert msg.startswith(f"{out}/") and "\n" not in msg
         assert msg.endswith(": no space left on device; the crops and manifest rows written so far are kept: "
@@ -472,7 +477,7 @@ def test_crop_on_a_full_disk_stops_cleanly_and_resumes(lfw_dir, tmp_path):
                     im.load()
         assert not list(out.glob(".partial*")) and not list(out.glob(".lock*"))
         grow(disk, "16m")
-        summary = crop_dataset(tmp_path / "in", out, cfg, progress=False)
+        summary = crop_folder(tmp_path / "in", out, cfg, progress=False)
         assert summary.already_done == len(done) and summary.processed == n - len(done)
         rows = _check_crop_output(out, n)
         assert sum(r["status"] == "ok" for r in rows) >= n - 1

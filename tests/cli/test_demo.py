@@ -52,7 +52,8 @@ def test_demo_runs_the_whole_pipeline(mini_lfw, tmp_path):
     # little for "above chance" to be a sure thing on 20 pairs: AUC 0.43 was seen)
     from sklearn.metrics import roc_auc_score
 
-    from tripletface.inference.embedder import Embedder, distance
+    from tripletface.inference.embedder import Embedder
+    from tripletface.inference.matching import distance
     from tripletface.data.pairs import pair_paths
 
     fold = read_pairs(out / "pairs_fold1.txt")
@@ -72,10 +73,10 @@ def test_demo_runs_the_whole_pipeline(mini_lfw, tmp_path):
         assert (out / "report" / f).is_file(), f
     assert (out / "report" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the model carries exactly the alignment the crops were made with (inference re-aligns raw photos with it)
-    from tripletface.model import build as M
+    from tripletface.model.io import get_metadata, load_model
     from tripletface.faces.cropper import FaceCropper
 
-    meta = M.get_metadata(M.load_model(out / "checkpoints" / "model.keras"))
+    meta = get_metadata(load_model(out / "checkpoints" / "model.keras"))
     crop_settings = json.loads((out / "cropped" / "crop_settings.json").read_text())["alignment"]
     assert meta["alignment"] == crop_settings
     assert FaceCropper.from_settings(meta["alignment"]).settings == crop_settings
@@ -172,21 +173,3 @@ def test_find_data_names_each_candidate_once(tmp_path, monkeypatch, capsys):
     demo.find_data(download_to=tmp_path)
     looked = capsys.readouterr().err.split("looked in: ", 1)[1].split(")", 1)[0].split(", ")
     assert len(looked) == len(set(looked)) == 1
-
-
-def test_write_fold_lists_only_identities_training_has(tmp_path):
-    """A fold identity with no crop folder (no face found in any photo) is left off the exclusion
-    list, which training would otherwise reject as naming an identity it doesn't have."""
-    from tripletface.cli.demo import write_fold
-
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("1\t1\nAnn\t1\t2\nBob\t1\tCyd\t1\n")
-    cropped = tmp_path / "cropped"
-    for name in ("Ann", "Cyd"):
-        (cropped / name).mkdir(parents=True)
-    n_pairs, n_ids = write_fold(pairs, 1, tmp_path / "fold.txt", tmp_path / "ids.txt", cropped=cropped)
-    assert (n_pairs, n_ids) == (2, 3)  # the fold's identities: none of them trained on
-    assert (tmp_path / "ids.txt").read_text().split() == ["Ann", "Cyd"]
-    assert len((tmp_path / "fold.txt").read_text().splitlines()) == 3  # the pairs are all kept
-    write_fold(pairs, 1, tmp_path / "fold.txt", tmp_path / "all.txt")
-    assert (tmp_path / "all.txt").read_text().split() == ["Ann", "Bob", "Cyd"]

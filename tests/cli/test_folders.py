@@ -81,7 +81,7 @@ def test_enroll_refuses_a_gallery_inside_the_input(tmp_path, capsys):
     line = _refused(capsys, before, root, "enroll", root, "--gallery", root / "g.npz", "--model", model, "--aligned")
     assert "g.npz" in line and "inside" in line
     from tripletface.inference.embedder import Embedder
-    from tripletface.inference.gallery import enroll
+    from tripletface.inference.open_set import enroll
 
     with pytest.raises(InputError, match="inside"):  # the library call keeps the rule too
         enroll(Embedder.load(str(model)), root, root / "Bob" / "g.npz", aligned=True)

@@ -6,9 +6,9 @@ import sys
 
 _PROBE = """
 import sys
-import tripletface.cli.main as cli
+import tripletface.cli.startup as startup
 {patch}
-cli.import_tensorflow_quietly()
+startup.import_tensorflow_quietly()
 import tensorflow as tf
 print("held back:", [m for m in ("sklearn", "matplotlib") if m in sys.modules])
 print("tf works:", float(tf.reduce_sum(tf.ones(3))))
@@ -45,7 +45,7 @@ def test_a_keras_that_needs_a_held_back_module_gets_a_one_line_error_naming_the_
     # ml_dtypes is one TensorFlow cannot load without: holding it back stands for a future Keras
     # that imports scikit-learn unconditionally. A half-imported TensorFlow aborts on a second
     # import, so this must be an error, not a crash.
-    r = _run(patch="cli.OPTIONAL_KERAS_IMPORTS = ('sklearn', 'matplotlib', 'ml_dtypes')")
+    r = _run(patch="startup.OPTIONAL_KERAS_IMPORTS = ('sklearn', 'matplotlib', 'ml_dtypes')")
     assert r.returncode == 1  # the probe's uncaught TripletfaceError, not an abort (-6)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("tripletface.errors.TripletfaceError: importing TensorFlow/Keras failed with")

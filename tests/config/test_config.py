@@ -2,7 +2,7 @@
 
 import pytest
 
-from tripletface.config.config import ORIGINAL_KEYS, ConfigError, load_config
+from tripletface.config import ORIGINAL_KEYS, ConfigError, load_config
 
 
 def test_seed_preset_holds_the_original_values():

@@ -15,8 +15,9 @@ import typing
 import numpy as np
 import pytest
 
+from tripletface import config as C
+from tripletface.cli import flags
 from tripletface.cli import main as cli
-from tripletface.config import config as C
 
 KEYS = C.config_keys()
 
@@ -70,7 +71,7 @@ CASES = [(k, v) for k in KEYS for v in bad_values(k)]
 @pytest.fixture
 def nothing_runs(monkeypatch):
     """Fail loudly if a command got as far as TensorFlow or its own work."""
-    from tripletface.training import train as T
+    from tripletface.training import loop as T
 
     def tensorflow():
         raise AssertionError("TensorFlow was imported before the config was checked")
@@ -172,7 +173,7 @@ FLAG_CASES = list(_flag_cases())
 
 
 def test_every_numeric_flag_declares_its_range():
-    """A numeric flag uses cli.number (or cli.config_value), so its range is checked while parsing."""
+    """A numeric flag uses flags.number (or flags.config_value), so its range is checked while parsing."""
     plain = [(name, a.option_strings or a.dest) for name, p in PARSERS.items() for a in p._actions
              if a.type in (int, float)]
     assert plain == []
@@ -230,7 +231,7 @@ def _parse(argv):
     parser = cli.build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_input_arg", None):
-        cli._resolve_input(parser, args)
+        flags.resolve_input(parser, args)
     return args
 
 
@@ -285,7 +286,7 @@ def test_eval_far_targets_and_folds_reach_evaluate(tmp_path, capsys):
 def test_train_scores_test_triplets_at_the_end(tmp_path, capsys, monkeypatch):
     """TEST_TRIPLETS (crop's test_triplets.csv) is scored with the trained model after training."""
     from inference_support import make_model, run_cli
-    from tripletface.training import train as T
+    from tripletface.training import loop as T
 
     names = ["a", "b", "c"]
     _images(tmp_path / "crops" / "test", names)
@@ -300,3 +301,36 @@ def test_train_scores_test_triplets_at_the_end(tmp_path, capsys, monkeypatch):
     assert f"test triplets ({csv}): loss" in out
     saved = json.loads((tmp_path / "ckpt" / "test_triplets.json").read_text())
     assert saved["triplets"] == 3 and saved["unscored_triplets"] == 0 and saved["triplet_loss"] >= 0
+
+
+def test_each_choice_list_is_the_one_its_implementing_module_uses():
+    """A choice list is defined once (config/choice_lists.py, or a cheap implementing module); where a
+    module keys its implementations by name, those names are exactly the config's choices."""
+    from tripletface import losses
+    from tripletface.config import choice_lists as CH
+    from tripletface.faces import align, detect
+    from tripletface.model import build
+    from tripletface.training import distribute
+
+    assert build.BACKBONES is CH.BACKBONES == C.choices("model.backbone")
+    assert losses.LOSS_NAMES is CH.LOSS_NAMES == C.choices("loss.name")
+    assert tuple(losses.MINERS) == losses.MININGS == CH.MININGS
+    assert tuple(losses.DISTANCES) == CH.DISTANCE_NAMES == C.choices("loss.distance")
+    assert tuple(detect.DETECTORS) == CH.DETECTOR_NAMES == C.choices("crop.detector")
+    assert (*align.TEMPLATES, align.BOX) == CH.TEMPLATE_NAMES == C.choices("crop.template")
+    assert distribute.STRATEGIES == C.choices("train.distribute")
+    for key, names in (("crop.image_format", CH.IMAGE_FORMATS), ("data.source", CH.DATA_SOURCES),
+                       ("data.sampling", CH.SAMPLINGS), ("train.optimizer", CH.OPTIMIZERS),
+                       ("train.lr_schedule", CH.LR_SCHEDULES), ("train.mixed_precision", CH.PRECISIONS)):
+        assert C.choices(key) == names, key
+
+
+def test_importing_the_config_loads_neither_numpy_nor_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, tripletface.config as c; c.load_config('cpu'); "
+            "print(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'yaml') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"

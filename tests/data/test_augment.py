@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tripletface.data import augment as A
-from tripletface.config.config import AugmentConfig
+from tripletface.config import AugmentConfig
 
 SIZE = (64, 64)
 ALL_OFF = dict(flip=False, rotation=0.0, brightness=0.0, contrast=0.0, color_jitter=0.0,

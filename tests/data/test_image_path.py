@@ -5,14 +5,16 @@ set reads nothing at set-up and names an unreadable file at the step."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tripletface.data import dataset as D
-from tripletface.config.config import AugmentConfig, load_config
+from tripletface.data.images import image_error, load_images
+from tripletface.data.index import IMAGE_EXTENSIONS, index_folder
+from tripletface.data.pipeline import ImageSource
+from tripletface.data.samplers import make_pk_dataset
+from tripletface.config import AugmentConfig, load_config
 from tripletface.errors import InputError
 
 NO_AUG = AugmentConfig(flip=False, rotation=0.0, brightness=0.0)
@@ -23,7 +25,7 @@ PER_ID = 3
 @pytest.fixture(scope="module", params=["png", "jpg"])
 def crop_dir(request, lfw_dir, tmp_path_factory) -> Path:
     """``crop`` output (crop.image_format = png | jpg) for 3 LFW identities x 3 photos."""
-    from tripletface.faces.crop import crop_dataset
+    from tripletface.faces.crop import crop_folder
 
     src = tmp_path_factory.mktemp("photos")
     for name in PEOPLE:
@@ -32,7 +34,7 @@ def crop_dir(request, lfw_dir, tmp_path_factory) -> Path:
             (src / name / f.name).write_bytes(f.read_bytes())
     out = tmp_path_factory.mktemp(f"crops_{request.param}")
     cfg = load_config(overrides={"crop.image_format": request.param, "crop.workers": 2}).crop
-    summary = crop_dataset(src, out, cfg, progress=False)
+    summary = crop_folder(src, out, cfg, progress=False)
     assert summary.counts["ok"] >= 2 * len(PEOPLE), summary.line()
     files = sorted(out.glob(f"*/*.{request.param}"))
     assert files and all(f.suffix == f".{request.param}" for f in files)
@@ -42,7 +44,7 @@ def crop_dir(request, lfw_dir, tmp_path_factory) -> Path:
 def _train_images(index, size, cache):
     """Every image of ``index`` as the P×K training set yields it (no augmentation): {bytes: label}."""
     k = int(index.counts().max())
-    ds = D.make_pk_dataset(index, index.num_identities, k, size, NO_AUG, seed=0, cache=cache)
+    ds = make_pk_dataset(index, index.num_identities, k, size, NO_AUG, seed=0, cache=cache)
     images, labels = next(iter(ds))
     return {x.tobytes(): int(l) for x, l in zip(images.numpy(), labels.numpy())}
 
@@ -51,9 +53,9 @@ def _train_images(index, size, cache):
 def test_a_crop_gives_training_and_inference_the_same_pixels(crop_dir, size):
     from tripletface.inference.embedder import resize_images
     from tripletface.data.decode import read_image
-    from tripletface.serve.app import decode_upload
+    from tripletface.serve.uploads import decode_upload
 
-    index = D.index_folder(crop_dir)
+    index = index_folder(crop_dir)
     assert len(index) >= 2 * len(PEOPLE)
     # inference: embed --aligned, evaluate --aligned, compare, identify read with read_image, then resize
     inference = resize_images(np.stack([read_image(p) for p in index.paths]), size)
@@ -63,7 +65,7 @@ def test_a_crop_gives_training_and_inference_the_same_pixels(crop_dir, size):
     assert len(expected) == len(index)
     for cache in (True, False):  # the in-memory cache and the streamed files
         assert _train_images(index, size, cache) == expected, f"cache={cache}"
-    np.testing.assert_array_equal(D.load_images(index.paths, size), inference)  # training's validation
+    np.testing.assert_array_equal(load_images(index.paths, size), inference)  # training's validation
 
 
 def test_embed_aligned_of_a_crop_equals_the_embedding_of_its_training_pixels(crop_dir, tmp_path):
@@ -71,9 +73,9 @@ def test_embed_aligned_of_a_crop_equals_the_embedding_of_its_training_pixels(cro
 
     from tripletface.inference.embedder import Embedder
 
-    index = D.index_folder(crop_dir)
+    index = index_folder(crop_dir)
     emb = Embedder.load(str(make_model(tmp_path / "m.keras")), flip_tta=False)
-    train = D.load_images(index.paths, emb.image_size)  # what the training pipeline feeds the model
+    train = load_images(index.paths, emb.image_size)  # what the training pipeline feeds the model
     from_files, failures = emb.embed_files(list(index.paths), aligned=True)
     assert failures == []
     np.testing.assert_array_equal(from_files, emb.embed_aligned(train))
@@ -84,15 +86,15 @@ def test_one_extension_list_tiff_crops_are_indexed(tmp_path):
 
     from tripletface.data import decode as imageio
 
-    assert D.IMAGE_EXTENSIONS == {"." + e for e in imageio.IMAGE_EXTENSIONS}
+    assert IMAGE_EXTENSIONS == {"." + e for e in imageio.IMAGE_EXTENSIONS}
     rng = np.random.default_rng(0)
     for name in ("ann", "bob"):
         (tmp_path / name).mkdir()
         for i, ext in enumerate(("tif", "tiff", "png")):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.{ext}")
-    index = D.index_folder(tmp_path)
+    index = index_folder(tmp_path)
     assert sorted(Path(p).suffix for p in index.paths) == [".png", ".png", ".tif", ".tif", ".tiff", ".tiff"]
-    images = D.load_images(index.paths, (16, 16))
+    images = load_images(index.paths, (16, 16))
     np.testing.assert_array_equal(images[0], np.asarray(Image.open(index.paths[0]), np.float32))
 
 
@@ -115,33 +117,33 @@ def test_streamed_training_set_reads_nothing_at_set_up_and_names_a_bad_file_at_t
     root = _tiny_crops(tmp_path / "train")
     victim = root / "id2" / "1.png"
     victim.write_bytes(victim.read_bytes()[:60])  # truncated
-    index = D.index_folder(root)
+    index = index_folder(root)
     calls = []
     real = imageio.read_image
     monkeypatch.setattr(imageio, "read_image", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
-    ds = D.make_pk_dataset(index, 4, 2, (32, 32), NO_AUG, seed=0, cache=False)  # every image in every batch
+    ds = make_pk_dataset(index, 4, 2, (32, 32), NO_AUG, seed=0, cache=False)  # every image in every batch
     assert calls == [], "no decode pass over the files at set-up"
     with pytest.raises(tf.errors.OpError) as raised:
         next(iter(ds))
     assert calls, "files are read when sampled"
-    err = D.image_error(raised.value)
+    err = image_error(raised.value)
     assert isinstance(err, InputError)
     assert str(err).startswith(f"{victim}: unreadable image (") and "\n" not in str(err)
-    assert D.image_error(ValueError("something else")) is None
+    assert image_error(ValueError("something else")) is None
 
 
 def test_what_does_not_fit_the_cache_is_streamed_with_the_same_pixels(tmp_path, capsys):
     root = _tiny_crops(tmp_path / "train")
-    index = D.index_folder(root)
-    source = D._ImageSource(index.paths, (32, 32), cache=True, max_cache_bytes=3 * 32 * 32 * 3 + 5)
+    index = index_folder(root)
+    source = ImageSource(index.paths, (32, 32), cache=True, max_cache_bytes=3 * 32 * 32 * 3 + 5)
     assert source.n_cached == 3 and not source.cached
     assert "3 of 8" in capsys.readouterr().err
-    full = D._ImageSource(index.paths, (32, 32), cache=True)
+    full = ImageSource(index.paths, (32, 32), cache=True)
     assert full.cached
     for i in range(len(index)):
         np.testing.assert_array_equal(source.load(i).numpy(), full.load(i).numpy())
     a = _train_images(index, (32, 32), cache=True)
-    ds = D.make_pk_dataset(index, 4, 2, (32, 32), NO_AUG, seed=0, max_cache_bytes=32 * 32 * 3)
+    ds = make_pk_dataset(index, 4, 2, (32, 32), NO_AUG, seed=0, max_cache_bytes=32 * 32 * 3)
     images, labels = next(iter(ds))
     assert {x.tobytes(): int(l) for x, l in zip(images.numpy(), labels.numpy())} == a
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tripletface.data import dataset as D
-from tripletface.config.config import AugmentConfig, ConfigError, load_config
+from tripletface.data.filters import exclude_identities
+from tripletface.data.index import identity_weights, index_folder, index_folders, source_weights, split_by_identity
+from tripletface.data.samplers import make_pk_dataset
+from tripletface.config import AugmentConfig, ConfigError, load_config
 from tripletface.errors import InputError
 
 
@@ -40,7 +42,7 @@ def two_sources(tmp_path):
 
 def test_identities_are_namespaced_by_source(two_sources):
     a, b = two_sources
-    index = D.index_folders([a, b])
+    index = index_folders([a, b])
     assert index.sources == ("x/train", "y/train")  # the shortest suffix that tells them apart
     assert index.num_identities == 7 + 12  # person_0..5 of a and b are different people
     assert "x/train/person_0" in index.names and "y/train/person_0" in index.names
@@ -54,30 +56,30 @@ def test_identities_are_namespaced_by_source(two_sources):
     assert summary == [{"name": "x/train", "images": 19, "identities": 7, "identities_2plus": 6},
                        {"name": "y/train", "images": 24, "identities": 12, "identities_2plus": 12}]
     # one folder: the plain index, names unprefixed
-    assert D.index_folders([a]).names == D.index_folder(a).names and D.index_folder(a).sources == ()
+    assert index_folders([a]).names == index_folder(a).names and index_folder(a).sources == ()
 
 
 def test_the_same_folder_twice_is_an_error(two_sources):
     a, _ = two_sources
     with pytest.raises(InputError, match="listed twice"):
-        D.index_folders([a, a])
+        index_folders([a, a])
 
 
 def test_exclusion_lists_are_checked_and_work_per_source(two_sources):
-    index = D.index_folders(list(two_sources))
-    kept, n = D.exclude_identities(index, ["person_1"])  # a folder name: every source that has it
+    index = index_folders(list(two_sources))
+    kept, n = exclude_identities(index, ["person_1"])  # a folder name: every source that has it
     assert n == 2 and not any(name.endswith("/person_1") for name in kept.names)
-    kept, n = D.exclude_identities(index, ["y/train/person_2"])  # one source only
+    kept, n = exclude_identities(index, ["y/train/person_2"])  # one source only
     assert n == 1 and "x/train/person_2" in kept.names and "y/train/person_2" not in kept.names
     with pytest.raises(InputError, match="'nobody' .*is in no training folder.*--allow-missing"):
-        D.exclude_identities(index, ["person_3", "nobody"], what="exclusion list f.txt")
-    kept, n = D.exclude_identities(index, ["person_3", "nobody"], allow_missing=True)
+        exclude_identities(index, ["person_3", "nobody"], what="exclusion list f.txt")
+    kept, n = exclude_identities(index, ["person_3", "nobody"], allow_missing=True)
     assert n == 2 and kept.num_identities == index.num_identities - 2
 
 
 def test_validation_holds_out_identities_of_every_source(two_sources):
-    index = D.index_folders(list(two_sources))
-    train, val = D.split_by_identity(index, 0.2, seed=3)
+    index = index_folders(list(two_sources))
+    train, val = split_by_identity(index, 0.2, seed=3)
     assert set(train.names).isdisjoint(val.names)
     assert sorted(set(val.source_ids().tolist())) == [0, 1]
     assert len(train) + len(val) == len(index)
@@ -89,16 +91,16 @@ def test_validation_holds_out_identities_of_every_source(two_sources):
 
 
 def test_source_weights_default_to_identities_and_steer_pk_sampling(two_sources):
-    index = D.index_folders(list(two_sources))
-    np.testing.assert_allclose(D.source_weights(index), [6 / 18, 12 / 18])
-    np.testing.assert_allclose(D.identity_weights(index), np.full(18, 1 / 18))  # default: every identity alike
+    index = index_folders(list(two_sources))
+    np.testing.assert_allclose(source_weights(index), [6 / 18, 12 / 18])
+    np.testing.assert_allclose(identity_weights(index), np.full(18, 1 / 18))  # default: every identity alike
     with pytest.raises(InputError, match="2 training folders"):
-        D.source_weights(index, [1.0])
-    weights = D.identity_weights(index, [3.0, 1.0])  # source x three times source y
+        source_weights(index, [1.0])
+    weights = identity_weights(index, [3.0, 1.0])  # source x three times source y
     anchors = index.anchor_identities()
     src = index.source_ids()[anchors]
     np.testing.assert_allclose([weights[src == 0].sum(), weights[src == 1].sum()], [0.75, 0.25])
-    ds = D.make_pk_dataset(index, p=4, k=2, image_size=(32, 32), seed=5, weights=weights)
+    ds = make_pk_dataset(index, p=4, k=2, image_size=(32, 32), seed=5, weights=weights)
     counts = np.zeros(2)
     for _, labels in ds.take(150):
         ids = np.unique(labels.numpy())
@@ -143,21 +145,22 @@ def test_random_greyscale_augmentation():
 def test_greyscale_model_embeds_a_colour_face_as_its_grey_version(tmp_path):
     import tensorflow as tf
 
-    from tripletface.model import build as M
+    from tripletface.model.build import build_embedding_model
+    from tripletface.model.io import get_metadata, load_model, save_model
 
-    model = M.build_embedding_model("small_cnn", 16, (32, 32), width=0.25, greyscale=True)
+    model = build_embedding_model("small_cnn", 16, (32, 32), width=0.25, greyscale=True)
     rng = np.random.default_rng(1)
     colour = rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(colour)).numpy()
     # the same up to float rounding (the luma weights sum to 0.9999, as tf.image.rgb_to_grayscale's)
     np.testing.assert_allclose(model(colour).numpy(), model(grey).numpy(), atol=1e-3)
-    plain = M.build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
+    plain = build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
     plain.set_weights(model.get_weights())
     assert not np.allclose(plain(colour).numpy(), model(colour).numpy(), atol=1e-3)
-    path = M.save_model(model, tmp_path / "g.keras")  # the option survives a save
-    again = M.load_model(path)
+    path = save_model(model, tmp_path / "g.keras")  # the option survives a save
+    again = load_model(path)
     np.testing.assert_allclose(again(colour).numpy(), model(colour).numpy(), atol=1e-5)
-    assert M.get_metadata(again)["greyscale"] is True
+    assert get_metadata(again)["greyscale"] is True
 
 
 def test_margin_softmax_head_matches_a_plain_computation(tmp_path):
@@ -199,8 +202,8 @@ def test_training_on_two_crop_folders_records_both_sources(lfw_dir, tmp_path, ca
     """Two folders of real LFW photos (disjoint people), trained together with the margin-softmax
     head and an exclusion list: the model file records each source, the excluded identities are
     neither trained nor validated on, TensorBoard logs each source's share."""
-    from tripletface.data import dataset as real_D
-    from tripletface.model import build as M
+    from tripletface.data import samplers
+    from tripletface.model.io import get_metadata, load_model
     from tripletface.cli.main import main
 
     people = sorted((d for d in lfw_dir.iterdir() if d.is_dir() and len(list(d.iterdir())) >= 4),
@@ -214,8 +217,8 @@ def test_training_on_two_crop_folders_records_both_sources(lfw_dir, tmp_path, ca
     excluded = [people[0].name, people[1].name]
     (tmp_path / "holdout.txt").write_text("\n".join(excluded) + "\n")
     seen = {}
-    orig_build, orig_val = real_D.build_train_dataset, None
-    import tripletface.training.train as T
+    orig_build, orig_val = samplers.build_train_dataset, None
+    import tripletface.training.loop as T
 
     orig_val = T.prepare_validation
 
@@ -228,7 +231,7 @@ def test_training_on_two_crop_folders_records_both_sources(lfw_dir, tmp_path, ca
         return orig_val(val_index, cfg)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(real_D, "build_train_dataset", spy_build)
+    mp.setattr(samplers, "build_train_dataset", spy_build)
     mp.setattr(T, "prepare_validation", spy_val)
     try:
         rc = main(["train", "--preset", "smoke", "--quiet", "--set", f"TRAIN_DIR={roots[0]}", f"TRAIN_DIR={roots[1]}",
@@ -241,7 +244,7 @@ def test_training_on_two_crop_folders_records_both_sources(lfw_dir, tmp_path, ca
     assert rc == 0, out.err
     names = set(seen["train"].names) | set(seen["val"].names)
     assert len(names) == 22 and not any(n.endswith("/" + e) for n in names for e in excluded)
-    meta = M.get_metadata(M.load_model(tmp_path / "ckpt" / "model.keras"))
+    meta = get_metadata(load_model(tmp_path / "ckpt" / "model.keras"))
     by_name = {s["name"]: s for s in meta["sources"]}
     assert set(by_name) == {"lfw_part", "celeba_part"}
     assert by_name["lfw_part"]["identities"] == 11 and by_name["lfw_part"]["images"] == 44  # person 0 excluded

@@ -43,7 +43,8 @@ def setup(tmp_path_factory, lfw_dir):
 @pytest.fixture(scope="module")
 def by_hand(setup):
     """Distances of the pairs computed without tripletface.evaluation.evaluate."""
-    from tripletface.inference.embedder import Embedder, distance
+    from tripletface.inference.embedder import Embedder
+    from tripletface.inference.matching import distance
     from tripletface.data.pairs import read_pairs
 
     pairs = read_pairs(setup["pairs"])
@@ -190,7 +191,7 @@ def test_stray_oserror_is_one_line_exit_8(capsys, monkeypatch):
     """Any command: an OSError nobody expected is still one line with exit 8, not a traceback."""
     import errno
 
-    from tripletface.evaluation import evaluate
+    from tripletface.cli import evaluate
 
     def boom(args):
         raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/out.json")
@@ -203,7 +204,7 @@ def test_stray_oserror_is_one_line_exit_8(capsys, monkeypatch):
 
 def test_evaluate_triplets(capsys, setup, by_hand, tmp_path):
     from tripletface.evaluation import verification as V
-    from tripletface.inference.embedder import distance
+    from tripletface.inference.matching import distance
 
     rows = [("Zico/Zico_0001.jpg", "Zico/Zico_0002.jpg", "Tony_Blair/Tony_Blair_0001.jpg"),
             ("Tony_Blair/Tony_Blair_0001.jpg", "Tony_Blair/Tony_Blair_0002.jpg", "Zico/Zico_0003.jpg"),
@@ -256,7 +257,7 @@ def test_evaluate_input_errors(capsys, setup, tmp_path):
 
 def test_calibrate_then_compare_uses_it(capsys, setup, by_hand, tmp_path):
     from tripletface.evaluation import verification as V
-    from tripletface.model.build import get_metadata, load_model
+    from tripletface.model.io import get_metadata, load_model
 
     out_model = tmp_path / "calibrated.keras"
     rc, out, err = run_cli(capsys, "calibrate", "--model", setup["model"], "--data-dir", setup["data"],
@@ -285,7 +286,7 @@ def test_calibrate_at_far_in_place(capsys, setup, by_hand, tmp_path):
     import shutil
 
     from tripletface.evaluation import verification as V
-    from tripletface.model.build import get_metadata, load_model
+    from tripletface.model.io import get_metadata, load_model
 
     model = tmp_path / "m.keras"
     shutil.copy(setup["model"], model)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from inference_support import make_model, run_cli
 
-from tripletface.config.config import load_config
-from tripletface.faces.crop import crop_dataset
+from tripletface.config import load_config
+from tripletface.faces.crop import crop_folder
 from tripletface.inference.embedder import Failure
 from tripletface.evaluation.evaluate import explain_missing
 
@@ -26,7 +26,7 @@ def test_evaluate_reports_the_crop_manifest_reason_for_an_uncropped_photo(lfw_di
     (photos / "Grey_Wall").mkdir()
     Image.fromarray(np.full((250, 250, 3), 128, np.uint8)).save(photos / "Grey_Wall" / "Grey_Wall_0001.jpg")
     crops = tmp_path / "crops"
-    crop_dataset(photos, crops, load_config(overrides={"crop.workers": 1}).crop, progress=False)
+    crop_folder(photos, crops, load_config(overrides={"crop.workers": 1}).crop, progress=False)
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("1\t2\nAbel_Pacheco\t1\t2\nAbel_Pacheco\t3\t4\n"
                      "Abel_Pacheco\t1\tGrey_Wall\t1\nAbel_Pacheco\t2\tGrey_Wall\t1\n")

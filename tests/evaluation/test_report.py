@@ -132,10 +132,10 @@ def test_report_rejects_bad_arguments(tmp_path):
 
 def _figure_of(monkeypatch, draw):
     """Run ``draw`` and return the figure it drew, laid out as saved (``_save`` is stubbed)."""
-    from tripletface.evaluation import report
+    from tripletface.evaluation import plots
 
     saved = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: (fig.canvas.draw(), saved.append(fig)))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (fig.canvas.draw(), saved.append(fig)))
     draw()
     return saved[0]
 
@@ -143,15 +143,15 @@ def _figure_of(monkeypatch, draw):
 @pytest.mark.parametrize("plot", ["roc", "hist"])
 def test_plots_keep_title_inside_and_legend_off_the_data(monkeypatch, tmp_path, scored, plot):
     """The title of a long model name is not cut off, and the legend never covers the plotted data."""
-    from tripletface.evaluation import report
+    from tripletface.evaluation import plots
 
     m, d, s = scored
     title = "tripletface evaluation: a_rather_long_model_name_from_a_checkpoint_folder_20240101.keras"
     filled, _ = v.score_with_failures(d, s)
     if plot == "roc":
-        fig = _figure_of(monkeypatch, lambda: report._plot_roc(tmp_path / "r.png", m, filled, s, title, {}))
+        fig = _figure_of(monkeypatch, lambda: plots.plot_roc(tmp_path / "r.png", m, filled, s, title, {}))
     else:
-        fig = _figure_of(monkeypatch, lambda: report._plot_hist(tmp_path / "h.png", m, d, s, title, 1.0))
+        fig = _figure_of(monkeypatch, lambda: plots.plot_hist(tmp_path / "h.png", m, d, s, title, 1.0))
     renderer = fig.canvas.get_renderer()
     figbox = fig.bbox
     (ax,) = fig.axes
@@ -176,7 +176,7 @@ def test_plot_pngs_have_a_clear_border(tmp_path, scored):
 def test_hardest_errors_are_the_hardest():
     d = np.array([0.2, 0.9, 0.5, 1.4, np.nan, 0.7, 1.1, 0.3, 1.6, 0.95])
     s = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 0], bool)
-    from tripletface.evaluation.report import hardest_errors
+    from tripletface.evaluation.hardest_errors import hardest_errors
 
     e = hardest_errors(d, s, threshold=1.0, k=2)
     assert e["false_accepts"] == [0, 2]  # mismatched with d < 1: 0.2, 0.5, 0.9, 0.95 -> the two closest

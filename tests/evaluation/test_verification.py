@@ -278,22 +278,3 @@ def test_triplet_metrics_hand_case():
     assert v.triplet_metrics(ap, an, margin=0.2, threshold=0.0)["precision"] == 0.0
     with pytest.raises(ValueError, match="margin"):
         v.triplet_metrics(ap, an, margin=-1)
-
-
-def test_cosine_and_euclidean_decide_alike():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(300, 16))
-    b = a + rng.normal(scale=1.0, size=a.shape)
-    d = v.pair_distances(a, b)
-    an = a / np.linalg.norm(a, axis=1, keepdims=True)
-    bn = b / np.linalg.norm(b, axis=1, keepdims=True)
-    cos = (an * bn).sum(1)
-    np.testing.assert_allclose(d, np.linalg.norm(an - bn, axis=1))
-    np.testing.assert_allclose(d**2, 2 - 2 * cos, atol=1e-12)
-    np.testing.assert_allclose(v.euclidean_to_cosine(d), cos, atol=1e-12)
-    np.testing.assert_allclose(v.cosine_to_euclidean(cos), d, atol=1e-7)
-    for c in (0.0, 0.3, 0.6):
-        assert np.array_equal(cos > c, d < v.cosine_to_euclidean(c))
-    assert v.cosine_to_euclidean(1.0) == 0.0 and v.cosine_to_euclidean(-1.0) == pytest.approx(2.0)
-    a[0] = np.nan
-    assert np.isnan(v.pair_distances(a, b)[0])

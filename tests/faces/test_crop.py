@@ -23,8 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletface.config.config import load_config
-from tripletface.faces.crop import MANIFEST, _inside, crop_dataset, parse_shard, read_manifest
+from tripletface.config import load_config
+from tripletface.cli.crop import parse_shard
+from tripletface.faces.crop import crop_folder
+from tripletface.faces.manifest import MANIFEST, read_manifest
+from tripletface.faces.scan import inside
 from tripletface.errors import InputError, ModelError
 
 pytestmark = pytest.mark.lfw
@@ -134,7 +137,7 @@ def corpus(lfw_dir, tmp_path_factory):
 
     before = tree_digest(src)
     out = root / "cropped"
-    summary = crop_dataset(src, out, cfg_crop(workers=2), progress=False)
+    summary = crop_folder(src, out, cfg_crop(workers=2), progress=False)
     rows = {r["source"]: r for r in read_manifest(out / MANIFEST)}
     return {"src": src, "out": out, "rows": rows, "before": before, "summary": summary, "face": face}
 
@@ -224,7 +227,7 @@ def test_lfw_sample_all_faces_found(lfw_dir, tmp_path):
     sources = sample_dataset(lfw_dir, tmp_path / "in")
     n = len(sources)
     assert n == 36  # 8 + 8 + 7 + 6 + 7 images
-    summary = crop_dataset(tmp_path / "in", tmp_path / "out", cfg_crop(), progress=False)
+    summary = crop_folder(tmp_path / "in", tmp_path / "out", cfg_crop(), progress=False)
     rows = read_manifest(tmp_path / "out" / MANIFEST)
     assert sorted(r["source"] for r in rows) == sorted(sources)
     assert [r["status"] for r in rows] == ["ok"] * n
@@ -236,20 +239,20 @@ def test_lfw_sample_all_faces_found(lfw_dir, tmp_path):
         lm = np.array(r["landmarks"])
         assert lm[0, 0] < lm[1, 0] and lm[:2, 1].mean() < lm[3:, 1].mean()
     # crop.size 224 gives 224x224 from the same settings path
-    crop_dataset(tmp_path / "in", tmp_path / "out224", cfg_crop(size=224), progress=False, limit=3)
+    crop_folder(tmp_path / "in", tmp_path / "out224", cfg_crop(size=224), progress=False, limit=3)
     rows224 = read_manifest(tmp_path / "out224" / MANIFEST)
     assert len(rows224) == 3 and all(r["status"] == "ok" for r in rows224)
     assert Image.open(tmp_path / "out224" / rows224[0]["output"]).size == (224, 224)
     # a re-run with other settings into the same folder is refused
     with pytest.raises(InputError, match="other settings"):
-        crop_dataset(tmp_path / "in", tmp_path / "out", cfg_crop(size=224), progress=False)
+        crop_folder(tmp_path / "in", tmp_path / "out", cfg_crop(size=224), progress=False)
 
 
 def test_split_shards_and_test_triplets(lfw_dir, tmp_path):
     sample_dataset(lfw_dir, tmp_path / "in", per_id=4)
     cfg = cfg_crop(test_fraction=0.4, seed=3)
     for shard in ((0, 2), (1, 2)):
-        crop_dataset(tmp_path / "in", tmp_path / "out", cfg, shard=shard, progress=False)
+        crop_folder(tmp_path / "in", tmp_path / "out", cfg, shard=shard, progress=False)
     rows = read_manifest(tmp_path / "out" / "manifest-0of2.jsonl") + read_manifest(
         tmp_path / "out" / "manifest-1of2.jsonl")
     sources = [r["source"] for r in rows]
@@ -268,7 +271,7 @@ def test_split_shards_and_test_triplets(lfw_dir, tmp_path):
         assert all((tmp_path / "out" / x).is_file() and x.startswith("test/") for x in (a, p, n))
         assert a.split("/")[1] == p.split("/")[1] != n.split("/")[1] and a != p
     # the same seed gives the same split
-    again = crop_dataset(tmp_path / "in", tmp_path / "out2", cfg, progress=False)
+    again = crop_folder(tmp_path / "in", tmp_path / "out2", cfg, progress=False)
     rows2 = read_manifest(tmp_path / "out2" / MANIFEST)
     assert {r["identity"] for r in rows2 if r["split"] == "test"} == test_ids
     assert again.triplets == 8
@@ -350,12 +353,12 @@ def test_missing_input_dir_is_one_line_error(tmp_path, repo_root):
 def test_empty_input_dir_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty"):
-        crop_dataset(tmp_path / "empty", tmp_path / "o", cfg_crop(), progress=False)
+        crop_folder(tmp_path / "empty", tmp_path / "o", cfg_crop(), progress=False)
     (tmp_path / "only_folders" / "Ann").mkdir(parents=True)
     with pytest.raises(InputError, match="no image files"):
-        crop_dataset(tmp_path / "only_folders", tmp_path / "o", cfg_crop(), progress=False)
+        crop_folder(tmp_path / "only_folders", tmp_path / "o", cfg_crop(), progress=False)
     with pytest.raises(InputError, match="must differ"):
-        crop_dataset(tmp_path / "only_folders", tmp_path / "only_folders", cfg_crop(), progress=False)
+        crop_folder(tmp_path / "only_folders", tmp_path / "only_folders", cfg_crop(), progress=False)
 
 
 def test_shard_parsing_and_output_paths_stay_inside():
@@ -363,7 +366,7 @@ def test_shard_parsing_and_output_paths_stay_inside():
     for bad in ("4/4", "x", "1/0", "-1/3"):
         with pytest.raises(InputError, match="shard"):
             parse_shard(bad)
-    assert _inside("/out", "Ann/a.png") and not _inside("/out", "../x.png") and not _inside("/out", "a/../../x")
+    assert inside("/out", "Ann/a.png") and not inside("/out", "../x.png") and not inside("/out", "a/../../x")
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -409,7 +412,8 @@ def test_opencv_detector_and_missing_cascade(lfw_dir, monkeypatch, tmp_path):
 
 
 def test_select_face_prefers_large_and_central():
-    from tripletface.faces.detect import Detection, select_face
+    from tripletface.faces.detect import Detection
+    from tripletface.faces.selection import select_face
 
     def det(x1, y1, x2, y2):
         return Detection(box=np.array([x1, y1, x2, y2], float), score=0.99, landmarks=None)
@@ -470,7 +474,7 @@ def test_box_template_crops_the_detector_box_without_alignment():
     """crop.template=box (the ablation's alignment-off row): the selected face's box, squared;
     the setting travels in the cropper's settings so inference crops the same way."""
     from tripletface.faces.align import box_crop
-    from tripletface.config.config import load_config
+    from tripletface.config import load_config
     from tripletface.faces.detect import Detection, Detector
     from tripletface.faces.cropper import FaceCropper, alignment_settings
 

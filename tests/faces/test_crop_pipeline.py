@@ -126,9 +126,10 @@ def test_mtcnn_shrinks_each_image_once_and_takes_prepared_canvases(lfw_dir, monk
 
 @pytest.mark.lfw
 def test_png_compression_is_a_lossless_setting(lfw_dir, tmp_path):
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import MANIFEST, crop_dataset, read_manifest
-    from tripletface.config.config import ConfigError
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
+    from tripletface.faces.manifest import MANIFEST, read_manifest
+    from tripletface.config import ConfigError
 
     (tmp_path / "in" / "Abdullah_Gul").mkdir(parents=True)
     for f in sorted((lfw_dir / "Abdullah_Gul").glob("*.jpg"))[:3]:
@@ -138,7 +139,7 @@ def test_png_compression_is_a_lossless_setting(lfw_dir, tmp_path):
     for level in (0, 9):
         cfg = load_config(overrides={"crop.png_compression": level, "crop.workers": 2}).crop
         out = tmp_path / f"out{level}"
-        crop_dataset(tmp_path / "in", out, cfg, progress=False)
+        crop_folder(tmp_path / "in", out, cfg, progress=False)
         rows = read_manifest(out / MANIFEST)
         assert [r["status"] for r in rows] == ["ok"] * 3
         pixels[level] = [np.asarray(Image.open(out / r["output"])) for r in rows]

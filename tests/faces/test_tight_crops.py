@@ -46,8 +46,9 @@ def test_padded_retry_maps_coordinates_back_to_the_original_image():
 def test_tight_lfw_crops_are_found_with_the_right_landmarks_and_the_manifest_says_so(lfw_dir, tmp_path):
     from PIL import Image
 
-    from tripletface.config.config import load_config
-    from tripletface.faces.crop import crop_dataset, read_manifest
+    from tripletface.config import load_config
+    from tripletface.faces.crop import crop_folder
+    from tripletface.faces.manifest import read_manifest
 
     files = sorted(lfw_dir.glob("A*/*_0001.jpg"))[:40]
     cropper = FaceCropper()
@@ -81,7 +82,7 @@ def test_tight_lfw_crops_are_found_with_the_right_landmarks_and_the_manifest_say
     src.mkdir(parents=True)
     Image.fromarray(tight[padded[0]]).save(src / "tight.png")
     out = tmp_path / "crops"
-    crop_dataset(src.parent, out, load_config(overrides={"crop.workers": 1}).crop, progress=False)
+    crop_folder(src.parent, out, load_config(overrides={"crop.workers": 1}).crop, progress=False)
     (row,) = read_manifest(out / "manifest.jsonl")
     assert row["status"] == "ok" and row["detect_path"] == "padded", json.dumps(row)
     assert (out / row["output"]).is_file()

@@ -88,7 +88,7 @@ def test_embed_aligned_unit_rows_and_flip_invariance(files):
 def test_resize_matches_training_preprocessing():
     import tensorflow as tf
 
-    from tripletface.data.dataset import preprocess_image
+    from tripletface.data.images import preprocess_image
     from tripletface.inference.embedder import resize_images
 
     img = np.random.default_rng(1).integers(0, 256, (112, 112, 3)).astype(np.uint8)
@@ -99,14 +99,14 @@ def test_resize_matches_training_preprocessing():
 
 
 def test_fingerprint_follows_weights_not_metadata(files, tmp_path):
-    from tripletface.model import build as M
+    from tripletface.model.io import save_model, update_metadata
     from tripletface.inference.embedder import Embedder
 
     a = Embedder.load(files["model"])
     again = Embedder.load(files["model"])
     assert a.fingerprint == again.fingerprint and len(a.fingerprint) == 16
-    M.update_metadata(again.model, threshold=0.5, threshold_source="test")
-    M.save_model(again.model, tmp_path / "recalibrated.keras")
+    update_metadata(again.model, threshold=0.5, threshold_source="test")
+    save_model(again.model, tmp_path / "recalibrated.keras")
     assert Embedder.load(tmp_path / "recalibrated.keras").fingerprint == a.fingerprint
     assert Embedder.load(files["no_threshold"]).fingerprint != a.fingerprint
 

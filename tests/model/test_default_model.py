@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from tripletface.model import build as M
+from tripletface.model.io import get_metadata, load_model
 from tripletface.inference.embedder import DEFAULT_MODEL
 from tripletface.faces.cropper import FaceCropper
 
@@ -14,7 +14,7 @@ from tripletface.faces.cropper import FaceCropper
 def test_bundled_model_is_small_loads_safely_and_carries_its_settings():
     assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size <= 30 * 2**20
     assert (DEFAULT_MODEL.parent / "MODEL_CARD.md").is_file()
-    meta = M.get_metadata(M.load_model(DEFAULT_MODEL))
+    meta = get_metadata(load_model(DEFAULT_MODEL))
     assert meta["metric"] == "euclidean" and 0.0 < meta["threshold"] < 2.0
     assert meta["threshold_source"] and meta["image_size"] == [64, 64]
     FaceCropper.from_settings(meta["alignment"])  # raw photos are aligned as in training
@@ -33,4 +33,4 @@ def test_compare_without_model_uses_the_bundled_one(lfw_dir):
     assert all(r["model"] == str(DEFAULT_MODEL) for r in results)
     assert results[2]["distance"] < 1e-3 and results[2]["verdict"] == "same"
     assert results[0]["distance"] < results[1]["distance"]  # same person closer than different people
-    assert np.isclose(results[0]["threshold"], M.get_metadata(M.load_model(DEFAULT_MODEL))["threshold"])
+    assert np.isclose(results[0]["threshold"], get_metadata(load_model(DEFAULT_MODEL))["threshold"])

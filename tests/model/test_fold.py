@@ -18,11 +18,11 @@ def _model_on_faces(backbone: str, faces: np.ndarray, size: int = 112):
     scales and offsets are not the identity, as after training."""
     import keras
 
-    from tripletface.model import build as M
+    from tripletface.model.build import all_layers, build_embedding_model
 
     keras.utils.set_random_seed(5)
-    model = M.build_embedding_model(backbone, 32, (size, size), width=0.5 if backbone == "small_cnn" else 1.0)
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    model = build_embedding_model(backbone, 32, (size, size), width=0.5 if backbone == "small_cnn" else 1.0)
+    bns = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     rng = np.random.default_rng(1)
     for layer in bns:
         layer.momentum = 0.0
@@ -44,7 +44,9 @@ def _resized(faces, size):
 def _bn_count(model) -> int:
     import keras
 
-    return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model._flatten_layers())
+    from tripletface.model.build import all_layers
+
+    return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in all_layers(model))
 
 
 @pytest.mark.parametrize("backbone,size,pairs", [("small_cnn", 64, 8), ("mobilenet", 112, 52), ("resnet50", 112, 53)])
@@ -67,14 +69,14 @@ def test_folded_model_embeds_real_faces_as_the_original(backbone, size, pairs, f
 
 
 def test_folded_model_saves_and_loads(faces, tmp_path):
-    from tripletface.model import build as M
     from tripletface.model.fold import fold_batch_norm
+    from tripletface.model.io import get_metadata, load_model, save_model
 
     model = _model_on_faces("small_cnn", faces, 64)
     folded = fold_batch_norm(model).model
     x = _resized(faces, 64)
-    loaded = M.load_model(M.save_model(folded, tmp_path / "folded.keras"))
-    assert _bn_count(loaded) == 0 and M.get_metadata(loaded) == M.get_metadata(model)
+    loaded = load_model(save_model(folded, tmp_path / "folded.keras"))
+    assert _bn_count(loaded) == 0 and get_metadata(loaded) == get_metadata(model)
     np.testing.assert_allclose(loaded(x).numpy(), folded(x).numpy(), atol=1e-6)
     np.testing.assert_allclose(loaded(x).numpy(), model(x, training=False).numpy(), atol=1e-4)
 
@@ -114,7 +116,7 @@ def test_only_batch_norm_directly_after_a_lone_convolution_is_folded():
 
 def test_embedder_folds_a_loaded_model_but_not_a_live_one(faces, tmp_path, monkeypatch):
     from tripletface.model import fold
-    from tripletface.model import build as M
+    from tripletface.model.io import save_model
     from tripletface.inference.embedder import Embedder
 
     calls = []
@@ -122,7 +124,7 @@ def test_embedder_folds_a_loaded_model_but_not_a_live_one(faces, tmp_path, monke
     monkeypatch.setattr(fold, "fold_batch_norm", lambda m: calls.append(m) or real(m))
 
     model = _model_on_faces("small_cnn", faces, 64)
-    path = M.save_model(model, tmp_path / "m.keras")
+    path = save_model(model, tmp_path / "m.keras")
     loaded = Embedder.load(str(path), flip_tta=False)
     assert loaded.fold_batch_norm and not Embedder.load(str(path), fold_batch_norm=False).fold_batch_norm
     live = Embedder(model, flip_tta=False)  # a model that may still train: never a stale folded copy

@@ -104,7 +104,7 @@ def test_embed_aligned_crop_and_raw_photo_match_the_embedder(client, embedder, r
 
 
 def test_verify_same_and_different_people(client, embedder, real):
-    from tripletface.inference.embedder import distance
+    from tripletface.inference.matching import distance
 
     emb = embedder.embed_aligned(real["faces"])
     for a, b in ((0, 1), (0, 2), (4, 7)):
@@ -125,7 +125,7 @@ def test_verify_same_and_different_people(client, embedder, real):
 
 
 def test_identify_finds_the_nearest_enrolled_person(client, embedder, gallery, real):
-    from tripletface.inference.gallery import nearest_identities
+    from tripletface.inference.search import nearest_identities
 
     for q in (1, 3, 5, 7):
         r = client.post("/identify", files={"image": _png(real["faces"][q])}, data={"aligned": "true", "top_k": "3"})
@@ -245,7 +245,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(embedder, 
 
 
 def test_micro_batcher_checks_arguments_and_fails_one_job_only():
-    from tripletface.serve.app import MicroBatcher, ServiceError
+    from tripletface.serve.batcher import MicroBatcher
+    from tripletface.serve.errors import ServiceError
 
     with pytest.raises(ValueError, match="max_batch must be a positive integer, received: 0"):
         MicroBatcher(lambda jobs: jobs, max_batch=0)

@@ -26,8 +26,8 @@ WORKER = textwrap.dedent("""
     import numpy as np
     out, overrides = sys.argv[1], json.loads(sys.argv[2])
     from tripletface.model import build as M
-    from tripletface.config.config import load_config
-    from tripletface.training.train import train
+    from tripletface.config import load_config
+    from tripletface.training.loop import train
 
     built = []
     build = M.build_embedding_model
@@ -47,8 +47,8 @@ def _overrides(out: Path, distribute: str, epochs: int) -> list:
 
 def _train_here(out: Path, epochs: int) -> dict:
     """One process, no strategy (this test process): the reference run, and resuming."""
-    from tripletface.config.config import load_config
-    from tripletface.training.train import train
+    from tripletface.config import load_config
+    from tripletface.training.loop import train
 
     return train(load_config("smoke", overrides=_overrides(out, "none", epochs)), verbose=0)
 
@@ -101,7 +101,7 @@ def _weights(path):
 
 @pytest.mark.slow
 def test_two_cpu_workers_train_like_one_and_only_the_chief_writes(tmp_path):
-    from tripletface.model import build as M
+    from tripletface.model.io import load_model
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -125,7 +125,7 @@ def test_two_cpu_workers_train_like_one_and_only_the_chief_writes(tmp_path):
             # by up to 7e-4 relative over two epochs on AVX2-only CPUs (1e-4 on AVX-512 ones); a wrong
             # global batch or unsynchronised step differs by far more
             np.testing.assert_allclose(hist[key], ref[key], rtol=2e-3, atol=1e-6, err_msg=key)
-    w_ref = M.load_model(single / "ckpt" / "model.keras").get_weights()
+    w_ref = load_model(single / "ckpt" / "model.keras").get_weights()
     # the same rounding drift as above: 1e-4 on AVX-512 CPUs, up to 1e-3 on AVX2-only ones (Adam's steps
     # amplify it); the workers' exact agreement and the matching losses are the sharper checks
     assert max(float(np.abs(a - b).max()) for a, b in zip(w0, w_ref)) < 3e-3
@@ -136,7 +136,7 @@ def test_two_cpu_workers_train_like_one_and_only_the_chief_writes(tmp_path):
     assert not [p for p in state.iterdir() if p.name.startswith(".worker")]
     rows = [json.loads(line) for line in (multi / "ckpt" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    np.testing.assert_allclose(M.load_model(multi / "ckpt" / "model.keras").get_weights()[0], w0[0])
+    np.testing.assert_allclose(load_model(multi / "ckpt" / "model.keras").get_weights()[0], w0[0])
 
     # resumable by another worker count: one process continues the two-worker run
     resumed = _train_here(multi, 3)
@@ -245,8 +245,27 @@ def test_strategy_helpers_on_one_device(tmp_path, monkeypatch):
         Dz.get_strategy("multiworker")
 
 
+def test_num_workers_counts_the_chief_and_worker_tasks_from_the_public_cluster_resolver():
+    """step_logs' multi-worker test: the chief + worker tasks of the strategy's cluster spec (what
+    MultiWorkerMirroredStrategy's private _in_multi_worker_mode counts), read through the public API."""
+    import tensorflow as tf
+
+    from tripletface.training import distribute as Dz
+
+    def strategy(cluster):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec(cluster))
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    assert Dz.num_workers(tf.distribute.get_strategy()) == 1  # the default strategy: no cluster
+    assert Dz.num_workers(types.SimpleNamespace()) == 1
+    assert Dz.num_workers(strategy({})) == 1  # MultiWorkerMirroredStrategy without TF_CONFIG
+    assert Dz.num_workers(strategy({"worker": ["localhost:1"]})) == 1
+    assert Dz.num_workers(strategy({"worker": ["localhost:1", "localhost:2"]})) == 2
+    assert Dz.num_workers(strategy({"chief": ["localhost:1"], "worker": ["localhost:2"], "ps": ["localhost:3"]})) == 2
+
+
 def test_config_accepts_the_three_strategies_only():
-    from tripletface.config.config import ConfigError, load_config
+    from tripletface.config import ConfigError, load_config
 
     assert load_config().train.distribute == "none"
     for name in ("none", "mirrored", "multiworker"):

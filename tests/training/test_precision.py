@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tripletface.training import train as T
+from tripletface.training import precision as T
+from tripletface.training import trainer as TR
 
 
 @pytest.fixture
@@ -41,12 +42,12 @@ HEAD_LAYERS = ("preprocess", "gap", "embedding", "l2_normalize")
 def bf16_model():
     import keras
 
-    from tripletface.model import build as M
+    from tripletface.model.build import build_embedding_model
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(3)
-        model = M.build_embedding_model("small_cnn", 16, (64, 64), width=0.25, dropout=0.1)
+        model = build_embedding_model("small_cnn", 16, (64, 64), width=0.25, dropout=0.1)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return model
@@ -62,7 +63,7 @@ def _probe(model):
 def test_mixed_bfloat16_keeps_the_head_and_normalisation_in_float32(bf16_model, tmp_path):
     import numpy as np
 
-    from tripletface.model import build as M
+    from tripletface.model.io import load_model, save_model
 
     model = bf16_model
     assert all(v.dtype == "float32" for v in model.weights)  # the variables: float32 master weights
@@ -75,7 +76,7 @@ def test_mixed_bfloat16_keeps_the_head_and_normalisation_in_float32(bf16_model, 
     assert (conv.dtype, relu.dtype) == ("bfloat16", "bfloat16")
     assert (gap.dtype, emb.dtype, out.dtype) == ("float32", "float32", "float32")
     # the saved model keeps each layer's policy and computes the same
-    loaded = M.load_model(M.save_model(model, tmp_path / "bf16.keras"))
+    loaded = load_model(save_model(model, tmp_path / "bf16.keras"))
     for layer in model.layers[1:]:  # after the InputLayer
         assert loaded.get_layer(layer.name).dtype_policy.name == layer.dtype_policy.name, layer.name
     np.testing.assert_allclose(loaded(x).numpy(), out.numpy(), atol=1e-6)
@@ -86,7 +87,7 @@ def test_mixed_bfloat16_loss_receives_float32_embeddings_without_loss_scaling(bf
     import numpy as np
     import tensorflow as tf
 
-    from tripletface.config.config import Config
+    from tripletface.config import Config
     from tripletface.losses import get_loss
 
     seen = []
@@ -104,8 +105,8 @@ def test_mixed_bfloat16_loss_receives_float32_embeddings_without_loss_scaling(bf
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        trainer = T.make_trainer(bf16_model, Recording(get_loss(Config().loss)))
-        optimizer = T.make_optimizer(Config().train, 10)
+        trainer = TR.make_trainer(bf16_model, Recording(get_loss(Config().loss)))
+        optimizer = TR.make_optimizer(Config().train, 10)
         trainer.compile(optimizer=optimizer, jit_compile=False)
         rng = np.random.default_rng(0)
         images = rng.uniform(0, 255, (8, 64, 64, 3)).astype("float32")

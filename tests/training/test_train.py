@@ -39,10 +39,10 @@ def test_train_on_real_faces_writes_model_checkpoints_and_tensorboard(lfw_dir, t
                              f"TENSORBOARD_LOGDIR={logs}", "data.val_fraction=0.25", "data.val_pairs=40"], capsys)
     assert rc == 0, err
     assert f"saved model: {ckpt / 'model.keras'}" in out
-    from tripletface.model import build as M
+    from tripletface.model.io import get_metadata, load_model
 
-    model = M.load_model(ckpt / "model.keras")
-    meta = M.get_metadata(model)
+    model = load_model(ckpt / "model.keras")
+    meta = get_metadata(model)
     assert meta["image_size"] == [64, 64] and "alignment" in meta and 0 < meta["threshold"] < 2.1
     rows = [json.loads(line) for line in (ckpt / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -154,7 +154,7 @@ def test_train_py_runs_the_seed_preset(tmp_path, monkeypatch, capsys):
     import runpy
 
     from tripletface.cli import main as cli
-    from tripletface.training import train as T
+    from tripletface.training import loop as T
 
     seen = []
     monkeypatch.setattr(T, "train", lambda cfg, fresh=False, verbose=1: seen.append(cfg) or {"model_path": "m"})
@@ -179,9 +179,9 @@ def test_mixed_precision_training_runs(tmp_path, policy):
     r = subprocess.run(_train_cmd(tmp_path / "ckpt", "EPOCHS=1", f"train.mixed_precision={policy}"),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    from tripletface.model import build as M
+    from tripletface.model.io import load_model
 
-    m = M.load_model(tmp_path / "ckpt" / "model.keras")
+    m = load_model(tmp_path / "ckpt" / "model.keras")
     out = m(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")).numpy()
     assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-4)
 
@@ -191,8 +191,8 @@ def test_mixed_precision_training_runs(tmp_path, policy):
 @pytest.fixture(scope="module")
 def trained_on_faces(lfw_dir, tmp_path_factory):
     """One smoke training on real faces with held-out validation identities: (config, train()'s result)."""
-    from tripletface.config.config import load_config
-    from tripletface.training.train import train
+    from tripletface.config import load_config
+    from tripletface.training.loop import train
 
     tmp = tmp_path_factory.mktemp("trained")
     train_dir = _tiny_train_dir(lfw_dir, tmp / "train")
@@ -227,18 +227,18 @@ def test_stored_threshold_decides_the_validation_pairs_through_compare_as_measur
 
 
 def test_train_again_after_its_last_epoch_saves_the_same_usable_model(trained_on_faces, capsys):
-    from tripletface.model import build as M
+    from tripletface.model.io import get_metadata, load_model
     from tripletface.inference.embedder import Embedder
-    from tripletface.training.train import train
+    from tripletface.training.loop import train
 
     cfg, result = trained_on_faces
-    first = M.load_model(result["model_path"])
-    meta = M.get_metadata(first)
+    first = load_model(result["model_path"])
+    meta = get_metadata(first)
     weights = first.get_weights()
     again = train(cfg, verbose=0)  # e.g. after model.keras could not be written: the user reruns
     assert "already trained 2/2 epochs" in capsys.readouterr().err
-    second = M.load_model(again["model_path"])
-    meta2 = M.get_metadata(second)
+    second = load_model(again["model_path"])
+    meta2 = get_metadata(second)
     assert meta2["threshold"] == pytest.approx(meta["threshold"], abs=1e-9)
     assert meta2["calibration"]["accuracy"] == meta["calibration"]["accuracy"]
     assert meta2["epochs_trained"] == 2
@@ -268,9 +268,9 @@ def test_resume_with_other_state_settings_is_a_one_line_error_naming_the_keys(tm
     # --fresh starts over with the new settings
     rc, _, err = _run_cli([*base, "EPOCHS=1", "model.embedding_dim=16", "--fresh"], capsys)
     assert rc == 0, err
-    from tripletface.model import build as M
+    from tripletface.model.io import load_model
 
-    assert M.load_model(ckpt / "model.keras").output_shape[-1] == 16
+    assert load_model(ckpt / "model.keras").output_shape[-1] == 16
     assert json.loads((ckpt / "state" / "made_with.json").read_text())["model.embedding_dim"] == 16
 
 
@@ -290,7 +290,7 @@ class _FixedEmbedder:
 @pytest.mark.parametrize("kind", ["squared_l2", "l2", "cosine"])
 def test_validation_triplet_loss_uses_the_loss_distance_and_the_pairs_threshold(kind):
     from tripletface.evaluation import verification as V
-    from tripletface.training.train import validate
+    from tripletface.training.validation import validate
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=(12, 8))
@@ -318,13 +318,13 @@ def test_memory_bank_is_not_filled_before_its_start_step_in_train_step():
     import keras
     import tensorflow as tf
 
-    from tripletface.model import build as M
-    from tripletface.config.config import LossConfig
+    from tripletface.model.build import build_embedding_model
+    from tripletface.config import LossConfig
     from tripletface.losses import MemoryBank, get_loss
-    from tripletface.training.train import make_trainer
+    from tripletface.training.trainer import make_trainer
 
     keras.utils.set_random_seed(0)
-    embedder = M.build_embedding_model("small_cnn", 8, (32, 32), width=0.25)
+    embedder = build_embedding_model("small_cnn", 8, (32, 32), width=0.25)
     bank = MemoryBank(64, 8)
     trainer = make_trainer(embedder, get_loss(LossConfig(name="batch_all")), bank, memory_start_step=2)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
@@ -345,11 +345,11 @@ def test_memory_bank_is_not_filled_before_its_start_step_in_train_step():
 def test_adamw_weight_decay_zero_is_zero_and_batchnorm_and_biases_are_not_decayed():
     import tensorflow as tf
 
-    from tripletface.model import build as M
-    from tripletface.config.config import TrainConfig
-    from tripletface.training.train import make_optimizer
+    from tripletface.model.build import build_embedding_model
+    from tripletface.config import TrainConfig
+    from tripletface.training.trainer import make_optimizer
 
-    embedder = M.build_embedding_model("small_cnn", 8, (32, 32), width=0.25)
+    embedder = build_embedding_model("small_cnn", 8, (32, 32), width=0.25)
     variables = embedder.trainable_variables
     assert {"gamma", "beta", "bias", "kernel"} <= {v.name for v in variables}
 

@@ -12,13 +12,13 @@ from tripletface.cli.main import main
 def _trainer(loss_name="semi_hard", fused=False, jit=False, bank=None, seed=0):
     import keras
 
-    from tripletface.model import build as M
-    from tripletface.config.config import LossConfig
+    from tripletface.model.build import build_embedding_model
+    from tripletface.config import LossConfig
     from tripletface.losses import MemoryBank, get_loss
-    from tripletface.training.train import fuse_batch_norm, make_trainer
+    from tripletface.training.trainer import fuse_batch_norm, make_trainer
 
     keras.utils.set_random_seed(seed)
-    embedder = M.build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
+    embedder = build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
     switched = fuse_batch_norm(embedder) if fused else 0
     memory = MemoryBank(bank, 16) if bank else None
     trainer = make_trainer(embedder, get_loss(LossConfig(name=loss_name)), memory)
@@ -78,11 +78,11 @@ def test_lever_step_gives_the_keras_semi_hard_loss_on_a_fixed_batch(lever):
 
 
 def test_fused_batch_norm_leaves_inference_and_the_saved_config_unchanged():
-    from tripletface.model import build as M
-    from tripletface.training.train import fuse_batch_norm
+    from tripletface.model.build import build_embedding_model
+    from tripletface.training.trainer import fuse_batch_norm
 
-    plain = M.build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
-    fused = M.build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
+    plain = build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
+    fused = build_embedding_model("small_cnn", 16, (32, 32), width=0.25)
     fused.set_weights(plain.get_weights())
     assert fuse_batch_norm(fused) == 8
     assert fuse_batch_norm(fused) == 0  # already switched: not wrapped twice
@@ -103,13 +103,13 @@ def test_training_with_jit_and_fused_batch_norm_checkpoints_and_resumes(tmp_path
     rows = [json.loads(line) for line in (ckpt / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in rows)  # smoke: 3 steps an epoch
-    from tripletface.model import build as M
+    from tripletface.model.io import load_model
 
-    assert M.load_model(ckpt / "model.keras").output_shape[-1] == 32
+    assert load_model(ckpt / "model.keras").output_shape[-1] == 32
 
 
 def test_lever_config_keys():
-    from tripletface.config.config import ConfigError, load_config
+    from tripletface.config import ConfigError, load_config
 
     cfg = load_config("lfw-cpu")
     assert cfg.train.fused_batch_norm is True and cfg.train.jit_compile is False
@@ -139,8 +139,8 @@ def test_build_trainer_builds_what_train_runs(fused):
     under mixed_float16 only, and jit_compile."""
     import keras
 
-    from tripletface.config.config import load_config
-    from tripletface.training.train import build_embedder, build_trainer
+    from tripletface.config import load_config
+    from tripletface.training.trainer import build_embedder, build_trainer
 
     cfg = load_config(preset="smoke", overrides={"train.fused_batch_norm": fused, "train.lr_schedule": "cosine"})
     embedder = build_embedder(cfg, weights=None)
@@ -170,8 +170,8 @@ def test_mining_schedule_switches_to_batch_hard_at_its_step():
     import tensorflow as tf
 
     from tripletface import losses as L
-    from tripletface.config.config import load_config
-    from tripletface.training.train import build_embedder, build_trainer
+    from tripletface.config import load_config
+    from tripletface.training.trainer import build_embedder, build_trainer
 
     cfg = load_config(preset="smoke", overrides={"loss.name": "semi_hard", "loss.hard_from": 0.5})
     embedder = build_embedder(cfg, weights=None)
@@ -201,7 +201,7 @@ def test_mining_schedule_switches_to_batch_hard_at_its_step():
     ({"loss.name": "contrastive", "loss.contrastive_margin": 1.0}, "loss.contrastive_margin"),
 ])
 def test_mining_schedule_and_contrastive_config_errors(overrides, message):
-    from tripletface.config.config import ConfigError, load_config
+    from tripletface.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=message):
         load_config(preset="smoke", overrides=overrides)

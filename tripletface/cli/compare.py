@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
-from tripletface.errors import ImageError
-
-__all__ = ["add_arguments", "run", "compare", "check_image_file"]
+__all__ = ["add_arguments", "run", "compare"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli.main import number
+    from tripletface.cli.flags import number
 
     parser.add_argument("image_a", metavar="IMG_A", help="a photo (or an aligned crop with --aligned)")
     parser.add_argument("image_b", metavar="IMG_B", help="the other photo (or aligned crop)")
@@ -37,32 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def check_image_file(path) -> None:
-    """Cheap checks before any model is loaded: the path is an existing, non-empty file.
-
-    Raises :class:`ImageError` ``"<path>: <reason>"`` (the reasons :func:`tripletface.data.decode.read_image`
-    gives for the same cases). Whether it decodes is found out when it is read.
-    """
-    p = Path(path)
-    if not p.exists():
-        reason = "broken symlink (target does not exist)" if p.is_symlink() else "file not found"
-    elif p.is_dir():
-        reason = "is a directory, not an image file"
-    elif not p.is_file():
-        reason = "not a regular file"
-    elif p.stat().st_size == 0:
-        reason = "empty file (0 bytes)"
-    elif not os.access(p, os.R_OK):
-        reason = "permission denied"
-    else:
-        return
-    err = ImageError(f"{path}: {reason}")
-    err.status, err.reason, err.path = ("missing" if not p.exists() else "unreadable"), reason, str(path)
-    raise err
-
-
 def compare(embedder, path_a, path_b, threshold: float | None = None, aligned: bool = False) -> dict:
-    """Compare two images with ``embedder`` -> a JSON-ready result dict.
+    """Compare two images with ``embedder`` -> a JSON-ready result dict: the decision of
+    :func:`tripletface.inference.matching.verify`, with the two paths.
 
     Keys: ``image_a``, ``image_b``, ``distance``, ``threshold``, ``threshold_source``, ``metric``,
     ``verdict`` (``"same"`` when ``distance < threshold``, else ``"different"``), ``same``, ``model``.
@@ -71,31 +44,15 @@ def compare(embedder, path_a, path_b, threshold: float | None = None, aligned: b
     embedded (a face that was not found never yields a verdict), :class:`ModelError` when no
     threshold is given and the model stores none.
     """
-    from tripletface.inference.embedder import distance
+    from tripletface.inference.matching import verify
 
-    threshold, source = embedder.decision_threshold(threshold)  # before any work
-    for p in (path_a, path_b):
-        check_image_file(p)
-    vectors, failures = embedder.embed_files([path_a, path_b], aligned=aligned)
-    if failures:
-        raise failures[0].error()
-    d = float(distance(vectors[0], vectors[1]))
-    same = d < threshold
-    return {
-        "image_a": str(path_a),
-        "image_b": str(path_b),
-        "distance": d,
-        "threshold": float(threshold),
-        "threshold_source": source,
-        "metric": str(embedder.metadata.get("metric", "euclidean")),
-        "verdict": "same" if same else "different",
-        "same": bool(same),
-        "model": embedder.name,
-    }
+    return {"image_a": str(path_a), "image_b": str(path_b), **verify(path_a, path_b, embedder, threshold, aligned)}
 
 
 def run(args: argparse.Namespace) -> int:
-    from tripletface.inference.embedder import Embedder, check_threshold
+    from tripletface.data.decode import check_image_file
+    from tripletface.inference.embedder import Embedder
+    from tripletface.inference.matching import check_threshold
 
     if args.threshold is not None:
         check_threshold(args.threshold)

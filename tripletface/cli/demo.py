@@ -24,9 +24,8 @@ from pathlib import Path
 from tripletface.errors import InputError
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli.main import add_config_arguments, number
+    from tripletface.cli.flags import add_config_arguments, number
 
     parser.add_argument("--data", default=None, help="folder with lfw-dev/ and lfw-dev-pairs.txt")
     parser.add_argument("--output", "--out", dest="out", default="runs/demo", metavar="DIR",
@@ -64,40 +63,14 @@ def find_data(explicit: str | None = None, download_to: Path | None = None) -> t
     return fetch_lfw(root)
 
 
-def write_fold(pairs_file: Path, fold: int, out_pairs: Path, out_identities: Path,
-               cropped: Path | None = None) -> tuple[int, int]:
-    """Write the held-out fold as its own pairs file and its identities as an exclusion list.
-
-    With ``cropped`` (the crop folder training reads), the list keeps only the identities that have
-    a folder there: one whose every photo had no face found is in no training folder, so it can't
-    leak, and training rejects a list naming an identity it doesn't have (a typo must not pass).
-    Returns the fold's numbers of pairs and of identities (all of them never trained on)."""
-    from tripletface.data.pairs import read_pairs
-
-    pairs = read_pairs(pairs_file)
-    folds = sorted({p.fold for p in pairs})
-    if fold < 1 or fold > len(folds):
-        raise InputError(f"--holdout-fold must be in 1..{len(folds)}, received: {fold}")
-    sel = [p for p in pairs if p.fold == folds[fold - 1]]
-    matched = [p for p in sel if p.same]
-    mismatched = [p for p in sel if not p.same]
-    lines = [f"1\t{len(matched)}"]
-    lines += [f"{p.name_a}\t{p.idx_a}\t{p.idx_b}" for p in matched]
-    lines += [f"{p.name_a}\t{p.idx_a}\t{p.name_b}\t{p.idx_b}" for p in mismatched]
-    out_pairs.write_text("\n".join(lines) + "\n")
-    names = sorted({p.name_a for p in sel} | {p.name_b for p in sel})
-    listed = names if cropped is None else [n for n in names if (cropped / n).is_dir()]
-    out_identities.write_text("\n".join(listed) + "\n")
-    return len(sel), len(names)
-
-
 def _step(title: str) -> float:
     print(f"\n== {title}", file=sys.stderr, flush=True)
     return time.time()
 
 
 def run(args: argparse.Namespace) -> int:
-    from tripletface.cli import main as cli_main
+    from tripletface.cli.main import main as cli_main
+    from tripletface.evaluation.folds import write_fold
 
     def cli(argv: list[str]) -> int:
         """A step's own output goes to stderr with the progress: stdout is the demo's summary."""

@@ -10,7 +10,7 @@
 - returns float32 ``(H, W, 3)`` in ``[0, 255]``.
 
 The operations run in this fixed order; each one is switched off by 0 or False in
-:class:`~tripletface.config.config.AugmentConfig`, and a switched-off operation is not in
+:class:`~tripletface.config.AugmentConfig`, and a switched-off operation is not in
 the graph at all:
 
 1. ``flip``          horizontal flip with probability 0.5;
@@ -54,7 +54,7 @@ import math
 import typing
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from tripletface.config.config import AugmentConfig
+    from tripletface.config import AugmentConfig
 
 __all__ = ["AUGMENT_ORDER", "build_augment", "enabled_ops"]
 
@@ -74,7 +74,7 @@ AUGMENT_ORDER = (
 
 def _check(aug_cfg: "AugmentConfig") -> None:
     """The settings against their ranges in ``config.SCHEMA`` (ConfigError is a ValueError)."""
-    from tripletface.config.config import check_section
+    from tripletface.config import check_section
 
     check_section("augment", aug_cfg)
 

@@ -1,7 +1,7 @@
 """Read any common image file into one array format: uint8, HxWx3, RGB.
 
 Every path through the pipeline reads images here -- ``crop``, training (the tf.data
-pipeline of :mod:`tripletface.data.dataset` calls :func:`read_image`), ``embed``, ``evaluate``,
+pipeline of :mod:`tripletface.data.images` calls :func:`read_image`), ``embed``, ``evaluate``,
 ``compare``, ``enroll``/``identify`` -- and the service converts uploads with
 :func:`to_rgb_uint8`, so a crop gives the same pixels to training and to inference
 (JPEG and PNG alike). :data:`IMAGE_EXTENSIONS` is the one list of file types indexed,
@@ -118,7 +118,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = 40_
     """:func:`read_image` for a file's contents already in memory; errors name ``name``.
 
     The same decoder and conversions as :func:`read_image` (the tf.data pipeline's
-    ``tripletface.data.dataset.decode_image`` calls it), so bytes and file give the same pixels.
+    ``tripletface.data.images.decode_image`` calls it), so bytes and file give the same pixels.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive integer, received: {max_pixels!r}")
@@ -228,3 +228,27 @@ def os_reason(e: OSError, missing: str = "file not found") -> str:
     if e.errno == errno.ENOENT:
         return missing
     return e.strerror or first_line(e)
+
+
+def check_image_file(path) -> None:
+    """Cheap checks before any model is loaded: the path is an existing, non-empty file.
+
+    Raises :class:`ImageError` ``"<path>: <reason>"`` (the reasons :func:`tripletface.data.decode.read_image`
+    gives for the same cases). Whether it decodes is found out when it is read.
+    """
+    p = Path(path)
+    if not p.exists():
+        reason = "broken symlink (target does not exist)" if p.is_symlink() else "file not found"
+    elif p.is_dir():
+        reason = "is a directory, not an image file"
+    elif not p.is_file():
+        reason = "not a regular file"
+    elif p.stat().st_size == 0:
+        reason = "empty file (0 bytes)"
+    elif not os.access(p, os.R_OK):
+        reason = "permission denied"
+    else:
+        return
+    err = ImageError(f"{path}: {reason}")
+    err.status, err.reason, err.path = ("missing" if not p.exists() else "unreadable"), reason, str(path)
+    raise err

@@ -1,64 +1,33 @@
-"""``tripletface evaluate --model MODEL --data-dir DIR --pairs pairs.txt --report-dir R``.
+"""LFW-protocol verification and the original triplet metrics of an embedding model on a folder.
 
-LFW-protocol verification (:mod:`tripletface.evaluation.verification`): k-fold accuracy with the
-threshold chosen on the other folds (mean and std), AUC, EER, TAR at FAR 1e-3 / 1e-2, and
-``unscored_pairs``: pairs with an image that could not be embedded (missing, unreadable, no
-face), which are scored as wrong, never dropped. ``--triplets FILE`` (a CSV of
-anchor,positive,negative paths under DIR, the original design's TEST_TRIPLETS) adds the
-original metrics: triplet loss, and precision and recall at the model's stored threshold
+:func:`evaluate_pairs` (an LFW pairs file): k-fold accuracy with the threshold chosen on the
+other folds (mean and std), AUC, EER, TAR at FAR 1e-3 / 1e-2
+(:mod:`tripletface.evaluation.verification`), and ``unscored_pairs``: pairs with an image that
+could not be embedded (missing, unreadable, no face), which are scored as wrong, never dropped.
+:func:`evaluate_triplets` (a CSV of anchor,positive,negative paths, the original design's
+TEST_TRIPLETS): triplet loss, and precision and recall at the model's stored threshold
 (``triplet_optimistic_*``: at the threshold picked on the triplets themselves, optimistic).
 
 Embedding (:class:`tripletface.inference.embedder.Embedder`) is separate from scoring: each distinct
-image is embedded once, then the distances are scored. stdout gets a summary of a few lines
-(all the numbers as one JSON object instead with ``--json``); ``--report-dir R`` writes
-``roc.png``, ``hist.png``, ``report.html``, ``report.md`` (with the hardest false accepts and
-false rejects at the model's threshold as thumbnails under ``errors/``), ``metrics.json`` (all
-the numbers) and ``failures.jsonl`` (the images that could not be embedded, and why). A report
-folder that cannot be written is a one-line error (exit 8; 7 when the disk is full).
+image is embedded once, then the distances are scored. :func:`write_results` writes the report
+folder (pages and plots by :mod:`tripletface.evaluation.report`, ``metrics.json``,
+``failures.jsonl``). The command is :mod:`tripletface.cli.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from tripletface.errors import ImageError, InputError, os_error
+from tripletface.evaluation.folds import stratified_folds
 
-__all__ = ["add_arguments", "run", "pair_files", "evaluate_pairs", "evaluate_triplets", "read_triplets_csv",
-           "explain_missing"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli.main import add_config_arguments, add_flip_argument, add_input_argument, add_progress_argument, number
-
-    add_input_argument(parser, "images: DATA_DIR/<name>/<name>_NNNN.<jpg|png|jpeg>", "--data-dir",
-                       metavar="DATA_DIR", dest="data_dir")
-    parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
-    parser.add_argument("--pairs", default=None, help="pairs file in the LFW format (header 'folds<TAB>n')")
-    parser.add_argument("--triplets", default=None,
-                        help="CSV anchor,positive,negative (paths relative to --data-dir): the original metrics")
-    parser.add_argument("--report-dir", default=None,
-                        help="write report.html/.md, roc.png, hist.png, metrics.json, failures.jsonl here")
-    parser.add_argument("--aligned", action="store_true", help="images are aligned crops: skip detection")
-    parser.add_argument("--folds", type=number(int, 2), default=None,
-                        help="k folds for k-fold accuracy (default: the folds of the pairs file, "
-                             "or eval.folds (10) when it has one)")
-    parser.add_argument("--margin", type=number(float, 0), default=None,
-                        help="triplet margin (default: the model's training margin, else 0.2)")
-    add_flip_argument(parser, "--no-flip")
-    parser.add_argument("--batch-size", type=number(int, 1), default=None,
-                        help="images per forward pass (default: eval.batch_size, 64)")
-    add_progress_argument(parser)
-    add_config_arguments(parser)  # eval.far_targets, eval.folds, eval.batch_size
-    parser.add_argument("--json", action="store_true",
-                        help="print all numbers as one JSON object on stdout (the summary goes to stderr); "
-                             "--report-dir writes them to metrics.json either way")
+__all__ = ["pair_files", "evaluate_pairs", "evaluate_triplets", "read_triplets_csv", "explain_missing",
+           "check_report_dir", "write_failures", "write_results"]
 
 
 # --------------------------------------------------------------------------- embedding
@@ -98,7 +67,7 @@ def explain_missing(failures: list, data_dir) -> list:
     (``Saeb_Erekat/Saeb_Erekat_0002``). Other failures, and files the manifest says were
     cropped, are kept as they are.
     """
-    from tripletface.faces.crop import read_manifest
+    from tripletface.faces.manifest import read_manifest
     from tripletface.inference.embedder import Failure
 
     missing = [f for f in failures if f.status == "missing"]
@@ -146,16 +115,6 @@ def pair_files(data_dir, pairs) -> list[tuple[Path, Path]]:
     return [(find(p.name_a, p.idx_a), find(p.name_b, p.idx_b)) for p in pairs]
 
 
-def stratified_folds(same: np.ndarray, k: int) -> np.ndarray:
-    """Fold ids that deal matched and mismatched pairs round-robin into k folds, in file order, so that
-    every fold mixes both kinds like LFW's (a file lists its matched pairs first: contiguous folds would not)."""
-    ids = np.empty(len(same), np.int64)
-    for kind in (True, False):
-        rows = np.flatnonzero(same == kind)
-        ids[rows] = np.arange(len(rows)) % k
-    return ids
-
-
 def evaluate_pairs(embedder, data_dir, pairs_file, aligned: bool = False, folds: int | None = None,
                    far_targets=(1e-3, 1e-2), progress: bool = True,
                    default_folds: int = 10) -> tuple[dict, np.ndarray, np.ndarray, list]:
@@ -170,7 +129,7 @@ def evaluate_pairs(embedder, data_dir, pairs_file, aligned: bool = False, folds:
     """
     from tripletface.data import pairs as P
     from tripletface.evaluation import verification as V
-    from tripletface.inference.embedder import distance
+    from tripletface.inference.matching import distance
 
     pairs = P.read_pairs(pairs_file)
     if folds is not None and not 2 <= folds <= len(pairs):  # before the embedding, which takes the time
@@ -284,82 +243,10 @@ def evaluate_triplets(embedder, data_dir, triplets_file, aligned: bool = False, 
             **{f"triplet_{k}": v for k, v in tm.items()}}, failures
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- the report folder
 
 
-def _write_failures(path: Path, failures) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for fl in failures:
-            f.write(json.dumps(fl.to_dict()) + "\n")
-
-
-def run(args: argparse.Namespace) -> int:
-    from tripletface.cli.main import config_from_args
-    from tripletface.inference.embedder import Embedder, print_failures
-    from tripletface.evaluation.report import to_jsonable, write_report
-
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: data folder not found")
-    if not args.pairs and not args.triplets:
-        raise InputError("nothing to evaluate: give --pairs and/or --triplets")
-    for name, f in (("--pairs", args.pairs), ("--triplets", args.triplets)):
-        if f and not Path(f).is_file():
-            raise InputError(f"{f}: {name} file not found")
-    cfg = config_from_args(args).eval
-
-    rdir = Path(args.report_dir) if args.report_dir else None
-    if rdir is not None:
-        _check_report_dir(rdir)  # a read-only or misplaced folder fails now, not after the embedding
-    embedder = Embedder.load(args.model, flip_tta=args.flip_tta, batch_size=args.batch_size or cfg.batch_size)
-    metrics: dict = {}
-    extra = {"model": embedder.name, "data_dir": str(data_dir), "pairs_file": args.pairs,
-             "triplets_file": args.triplets, "aligned": bool(args.aligned), "flip_tta": embedder.flip_tta}
-    failures: list = []
-    d = same = None
-    if args.pairs:
-        m, d, same, failures = evaluate_pairs(embedder, data_dir, args.pairs, args.aligned, args.folds,
-                                              far_targets=cfg.far_targets, progress=args.progress,
-                                              default_folds=cfg.folds)
-        metrics.update(m)
-    if args.triplets:
-        tm, tf_failures = evaluate_triplets(embedder, data_dir, args.triplets, args.aligned, args.margin,
-                                            progress=args.progress)
-        metrics.update(tm)
-        known = {f.path for f in failures}
-        failures = failures + [f for f in tf_failures if f.path not in known]
-
-    if rdir is not None:
-        try:
-            if d is not None:
-                from tripletface.data import pairs as P
-
-                t = metrics.get("model_threshold")
-                paths = write_report(rdir, metrics, d, same,
-                                     title=f"tripletface evaluation: {Path(embedder.name).name}", extra=extra,
-                                     threshold=t, pair_files=pair_files(data_dir, P.read_pairs(args.pairs)),
-                                     threshold_source=None if t is None else
-                                     f"the model's stored threshold ({metrics['model_threshold_source']})")
-            else:
-                rdir.mkdir(parents=True, exist_ok=True)
-                paths = {"json": rdir / "metrics.json"}
-                paths["json"].write_text(json.dumps({"metrics": to_jsonable(metrics), "extra": to_jsonable(extra)},
-                                                    indent=2) + "\n", encoding="utf-8")
-            paths["failures"] = rdir / "failures.jsonl"
-            _write_failures(paths["failures"], failures)
-        except OSError as e:
-            raise os_error(e, f"the report in {rdir}") from None
-        extra["report"] = {k: str(v) for k, v in paths.items()}
-    out = to_jsonable({**metrics, **extra})
-    if args.json:
-        print(json.dumps(out, indent=2))
-    for line in summary_lines(out):
-        print(line, file=sys.stderr if args.json else sys.stdout)
-    print_failures(failures, prefix="not embedded: ", more=" images not embedded")
-    return 0
-
-
-def _check_report_dir(rdir: Path) -> None:
+def check_report_dir(rdir: Path) -> None:
     """Create ``rdir`` and try a file in it: :class:`OutputError` (or disk full) now, naming it."""
     import tempfile
 
@@ -371,25 +258,39 @@ def _check_report_dir(rdir: Path) -> None:
         raise os_error(e, "the report folder") from None
 
 
-def summary_lines(out: dict) -> list[str]:
-    """The lines ``evaluate`` prints for people (all numbers are in metrics.json / ``--json``)."""
-    lines = []
-    if "accuracy_mean" in out:
-        tar = ", ".join(f"TAR@FAR={float(k):g} {v[0]:.4f}" for k, v in out["tar_at_far"].items())
-        lines.append(f"accuracy {out['accuracy_mean']:.4f} ± {out['accuracy_std']:.4f} ({out['n_folds']} folds)  "
-                     f"AUC {out['auc']:.4f}  EER {out['eer']:.4f}  {tar}  "
-                     f"unscored pairs {out['unscored_pairs']} of {out['n_pairs']}")
-        if out.get("model_threshold") is not None:
-            lines.append(f"at the model's threshold {out['model_threshold']:.4f}: "
-                         f"accuracy {out['model_threshold_accuracy']:.4f}")
-    if "triplets" in out:
-        vals = "  ".join(f"{k} {out['triplet_' + k]:.4f}" for k in ("loss", "precision", "recall")
-                         if isinstance(out.get("triplet_" + k), (int, float)))
-        lines.append(f"triplets: {vals}  ({out['triplets'] - out['unscored_triplets']} scored, "
-                     f"{out['unscored_triplets']} unscored)")
-    report = out.get("report")
-    if report:
-        lines.append(f"report: {report.get('html', report['json'])} (all numbers: {report['json']})")
-    else:
-        lines.append("all numbers: --json, or --report-dir DIR")
-    return lines
+def write_failures(path: Path, failures) -> None:
+    """``failures.jsonl``: one :class:`~tripletface.inference.embedder.Failure` a line, as JSON."""
+    with open(path, "w", encoding="utf-8") as f:
+        for fl in failures:
+            f.write(json.dumps(fl.to_dict()) + "\n")
+
+
+def write_results(rdir: Path, metrics: dict, extra: dict, failures: list, title: str, distances=None, issame=None,
+                  pair_files=None) -> dict:
+    """Write an evaluation's report folder -> ``{name: path}``.
+
+    With the pairs' ``distances`` and ``issame``: the full report of
+    :func:`tripletface.evaluation.report.write_report` (its threshold line is the model's stored
+    threshold when it has one; ``pair_files`` gives the hardest errors their thumbnails); without
+    them (triplets only): ``metrics.json`` holding ``metrics`` and ``extra``. Then
+    ``failures.jsonl`` (:func:`write_failures`). A write that fails is a one-line
+    :class:`~tripletface.errors.OutputError` (or disk full) naming the folder.
+    """
+    from tripletface.evaluation.report import to_jsonable, write_report
+
+    try:
+        if distances is not None:
+            t = metrics.get("model_threshold")
+            paths = write_report(rdir, metrics, distances, issame, title=title, extra=extra, threshold=t,
+                                 pair_files=pair_files, threshold_source=None if t is None else
+                                 f"the model's stored threshold ({metrics['model_threshold_source']})")
+        else:
+            rdir.mkdir(parents=True, exist_ok=True)
+            paths = {"json": rdir / "metrics.json"}
+            paths["json"].write_text(json.dumps({"metrics": to_jsonable(metrics), "extra": to_jsonable(extra)},
+                                                indent=2) + "\n", encoding="utf-8")
+        paths["failures"] = rdir / "failures.jsonl"
+        write_failures(paths["failures"], failures)
+    except OSError as e:
+        raise os_error(e, f"the report in {rdir}") from None
+    return paths

@@ -1,8 +1,8 @@
 """Verification report: ROC and distance-histogram PNGs, a Markdown and an HTML page, metrics.json.
 
-Plots are drawn on :class:`matplotlib.figure.Figure` objects with an explicit Agg canvas,
-so nothing goes through ``pyplot``: the user's backend and pyplot's figure list are never
-touched, and each figure is released when the function returns.
+The pages are tables of the metrics (:func:`metric_rows`) and of the hardest false accepts and
+rejects as thumbnails (:mod:`tripletface.evaluation.hardest_errors`); the figures are
+:mod:`tripletface.evaluation.plots`.
 
 Example::
 
@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletface.evaluation.verification import METRIC, METRIC_NOTE
+from tripletface.evaluation.hardest_errors import THUMB_SIZE
+from tripletface.evaluation.metric import METRIC, METRIC_NOTE
 
-__all__ = ["write_report", "to_jsonable", "metric_rows", "hardest_errors"]
+__all__ = ["write_report", "to_jsonable", "metric_rows", "as_float"]
 
 ROC_FILE, HIST_FILE, MD_FILE, HTML_FILE, JSON_FILE = "roc.png", "hist.png", "report.md", "report.html", "metrics.json"
-ERRORS_DIR = "errors"  # thumbnails of the hardest false accepts and rejects
-THUMB_SIZE = 112
 
 _LABELS = {
     "metric": "Distance metric",
@@ -119,7 +118,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _as_float(x):
+def as_float(x):
+    """``x`` as a float (a TAR@FAR key may be a string after JSON); None when it is not a number."""
     try:
         return float(x)
     except (TypeError, ValueError):
@@ -130,11 +130,11 @@ def _reachability(metrics: dict, n_impostor: int | None) -> dict:
     """{far: reachable} from ``metrics["far_reachable"]``, else from the impostor count."""
     given = metrics.get("far_reachable")
     if isinstance(given, dict):
-        return {_as_float(k): bool(v) for k, v in given.items()}
+        return {as_float(k): bool(v) for k, v in given.items()}
     if not n_impostor or not isinstance(metrics.get("tar_at_far"), dict):
         return {}
-    return {_as_float(k): _as_float(k) * n_impostor >= 1 - 1e-9
-            for k in metrics["tar_at_far"] if _as_float(k) is not None}
+    return {as_float(k): as_float(k) * n_impostor >= 1 - 1e-9
+            for k in metrics["tar_at_far"] if as_float(k) is not None}
 
 
 def metric_rows(metrics: dict, prefix: str = "", n_impostor: int | None = None) -> list[tuple[str, str]]:
@@ -167,7 +167,7 @@ def metric_rows(metrics: dict, prefix: str = "", n_impostor: int | None = None) 
         for far, point in metrics["tar_at_far"].items():
             tar, thr = (point[0], point[1]) if isinstance(point, (list, tuple)) else (point, None)
             value = _fmt(tar) + ("" if thr is None else f" (threshold {_fmt(thr)})")
-            far_f = _as_float(far)
+            far_f = as_float(far)
             if reach.get(far_f, True) is False:
                 value += (
                     " — NOT REACHABLE: target FAR is below 1 / impostor pairs"
@@ -184,159 +184,6 @@ def metric_rows(metrics: dict, prefix: str = "", n_impostor: int | None = None) 
         else:
             rows.append((prefix + _LABELS.get(key, key), _fmt(value)))
     return rows
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _new_figure(width: float = 6.4, height: float = 6.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # constrained layout fits the (wrapped) title and the legend below the axes inside the figure
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)  # Agg canvas for this figure only; pyplot and the global backend untouched
-    return fig
-
-
-def _title(ax, text: str) -> None:
-    """A title wrapped to the axes' width: a long model name never runs off the figure."""
-    import textwrap
-
-    ax.set_title("\n".join(textwrap.wrap(text, 60)) or text)
-
-
-def _legend_below(ax) -> None:
-    """The legend under the axes, outside them: it never covers a curve or a bar."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
-
-
-def _save(fig, path: Path) -> None:
-    fig.savefig(path, format="png")
-    fig.clear()
-
-
-def _plot_roc(path: Path, metrics: dict, d: np.ndarray, s: np.ndarray, title: str, reach: dict) -> None:
-    from tripletface.evaluation.verification import roc_points
-
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    n_diff = int((~s).sum())
-    if s.all() or not s.any():
-        ax.text(0.5, 0.5, "ROC undefined: pairs of only one kind", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        fpr, tpr = roc_points(d, s)
-        xmin = 10.0 ** math.floor(math.log10(0.5 / n_diff))
-        auc = metrics.get("auc")
-        ax.plot(np.clip(fpr, xmin, 1.0), tpr, lw=2, label="ROC" + ("" if auc is None else f" (AUC = {auc:.4f})"))
-        chance = np.logspace(math.log10(xmin), 0, 100)
-        ax.plot(chance, chance, ls=":", color="grey", label="chance")
-        eer = metrics.get("eer")
-        if eer is not None:
-            ax.plot([max(eer, xmin)], [1.0 - eer], "o", color="C3", label=f"EER = {eer:.4f}")
-        for far, point in (metrics.get("tar_at_far") or {}).items():
-            far_f = _as_float(far)
-            tar = point[0] if isinstance(point, (list, tuple)) else point
-            if far_f is None or tar is None:
-                continue
-            note = "" if reach.get(far_f, True) else " (not reachable)"
-            ax.axvline(max(far_f, xmin), ls="--", lw=0.8, color="grey")
-            ax.plot([max(far_f, xmin)], [tar], "x", ms=8, mew=2, label=f"TAR@FAR={far_f:g}: {tar:.4f}{note}")
-        ax.set_xscale("log")
-        ax.set_xlim(xmin, 1.0)
-        ax.set_ylim(0.0, 1.01)
-        ax.set_xlabel("False accept rate (FAR, log scale)")
-        ax.set_ylabel("True accept rate (TAR)")
-        ax.grid(True, which="both", alpha=0.3)
-        _legend_below(ax)
-    _title(ax, f"{title}: ROC")
-    _save(fig, path)
-
-
-def _plot_hist(path: Path, metrics: dict, d: np.ndarray, s: np.ndarray, title: str, threshold: float) -> None:
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    finite = np.isfinite(d)
-    genuine, impostor = d[finite & s], d[finite & ~s]
-    values = d[finite]
-    if values.size:
-        lo, hi = float(values.min()), float(values.max())
-        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 51)
-        ax.hist(genuine, bins=bins, alpha=0.6, color="C0", label=f"genuine (matched, n={genuine.size})")
-        ax.hist(impostor, bins=bins, alpha=0.6, color="C1", label=f"impostor (mismatched, n={impostor.size})")
-    if math.isfinite(threshold):
-        ax.axvline(threshold, color="k", lw=1.5, label=f"threshold = {threshold:.4f}")
-    eer_t = metrics.get("eer_threshold")
-    if eer_t is not None and math.isfinite(eer_t) and eer_t != threshold:
-        ax.axvline(eer_t, color="C3", ls="--", lw=1.2, label=f"EER threshold = {eer_t:.4f}")
-    unscored = int(d.size - finite.sum())
-    ax.set_xlabel(f"{METRIC} distance on L2-normalised embeddings (smaller = more alike)")
-    ax.set_ylabel("pairs")
-    _title(ax, f"{title}: distances" + (f" ({unscored} unscored pairs not shown)" if unscored else ""))
-    _legend_below(ax)
-    _save(fig, path)
-
-
-# ----------------------------------------------------------------------------- hardest errors
-
-
-def hardest_errors(distances, issame, threshold: float, k: int = 5) -> dict:
-    """Indices of the worst mistakes at ``threshold`` (same = distance < threshold).
-
-    ``false_accepts``: mismatched pairs decided same, smallest distance first (the most
-    confident wrong accepts); ``false_rejects``: matched pairs decided different, largest
-    distance first. At most ``k`` of each; unscored (NaN) pairs have no distance and are left
-    out (they are in the failure counts). Ties go to the earlier pair.
-    """
-    d = np.asarray(distances, dtype=np.float64)
-    s = np.asarray(issame).astype(bool)
-    t = float(threshold)
-    fa = np.flatnonzero(np.isfinite(d) & ~s & (d < t))
-    fr = np.flatnonzero(np.isfinite(d) & s & (d >= t))
-    fa = fa[np.argsort(d[fa], kind="stable")][:k]
-    fr = fr[np.argsort(-d[fr], kind="stable")][:k]
-    return {"false_accepts": [int(i) for i in fa], "false_rejects": [int(i) for i in fr]}
-
-
-def _thumbnail(src, dst: Path, size: int = THUMB_SIZE) -> bool:
-    """``src`` shrunk to fit ``size`` px, written as JPEG to ``dst``; False when it cannot be read."""
-    from PIL import Image
-
-    from tripletface.errors import ImageError
-    from tripletface.data.decode import read_image
-
-    try:
-        im = Image.fromarray(read_image(src))
-    except ImageError:
-        return False
-    im.thumbnail((size, size))
-    im.save(dst, format="JPEG", quality=90)
-    return True
-
-
-def _write_examples(out: Path, d: np.ndarray, s: np.ndarray, pair_files, threshold: float,
-                    source: str, k: int) -> dict:
-    """Thumbnails of the hardest false accepts/rejects under ``out/ERRORS_DIR`` -> a JSON-ready record."""
-    if len(pair_files) != d.size:
-        raise ValueError(f"pair_files must have one (image_a, image_b) per pair ({d.size}), received: "
-                         f"{len(pair_files)}")
-    folder = out / ERRORS_DIR
-    folder.mkdir(exist_ok=True)
-    for old in folder.glob("*.jpg"):  # a rerun shows this run's pairs only
-        old.unlink()
-    record = {"threshold": float(threshold), "threshold_source": source}
-    for kind, idx in hardest_errors(d, s, threshold, k).items():
-        rows = []
-        for rank, i in enumerate(idx, 1):
-            row = {"pair": i, "distance": float(d[i]), "same": bool(s[i])}
-            for side, src in zip("ab", pair_files[i]):
-                name = f"{kind}_{rank}_{side}.jpg"
-                row[f"image_{side}"] = str(src)
-                row[f"thumb_{side}"] = f"{ERRORS_DIR}/{name}" if _thumbnail(src, folder / name) else None
-            rows.append(row)
-        record[kind] = rows
-    return record
 
 
 def _error_rows(errors: dict):
@@ -473,6 +320,8 @@ def write_report(
     Returns ``{"roc", "hist", "markdown", "html", "json"}`` (plus ``"errors"``, the thumbnail
     folder, with ``pair_files``) -> :class:`~pathlib.Path`.
     """
+    from tripletface.evaluation.hardest_errors import ERRORS_DIR, write_examples
+    from tripletface.evaluation.plots import plot_hist, plot_roc
     from tripletface.evaluation.verification import best_threshold, score_with_failures
 
     if not isinstance(metrics, dict):
@@ -497,19 +346,19 @@ def write_report(
     if threshold is None:
         threshold = metrics.get("threshold", metrics.get("best_threshold_all_pairs"))
         threshold_source = best_source
-    if _as_float(threshold) is None or not math.isfinite(_as_float(threshold)):
+    if as_float(threshold) is None or not math.isfinite(as_float(threshold)):
         threshold = best_threshold(filled, s)[0]
         threshold_source = best_source
     threshold_source = threshold_source or "given"
     n_impostor = int((~s).sum())
-    _plot_roc(paths["roc"], metrics, filled, s, title, _reachability(metrics, n_impostor))
-    _plot_hist(paths["hist"], metrics, d, s, title, float(threshold))
+    plot_roc(paths["roc"], metrics, filled, s, title, _reachability(metrics, n_impostor))
+    plot_hist(paths["hist"], metrics, d, s, title, float(threshold))
 
     rows = metric_rows(metrics, n_impostor=n_impostor)
     extra_rows = [(str(k), _fmt(v)) for k, v in (extra or {}).items()]
     errors = None
     if pair_files is not None:
-        errors = _write_examples(out, d, s, list(pair_files), float(threshold), threshold_source, n_errors)
+        errors = write_examples(out, d, s, list(pair_files), float(threshold), threshold_source, n_errors)
         paths["errors"] = out / ERRORS_DIR
     paths["markdown"].write_text(_markdown(title, rows, extra_rows, errors), encoding="utf-8")
     paths["html"].write_text(_html(title, rows, extra_rows, errors), encoding="utf-8")

@@ -7,16 +7,8 @@ embeddings is the caller's job; this module only makes the match decision and sc
 Decision rule
     A pair is predicted *same* when ``distance < threshold`` (strict), as in insightface
     ``calculate_accuracy``. Every threshold this module returns is finite and reproduces
-    the reported numbers exactly with :func:`accuracy_at`.
-
-The metric we store
-    Embeddings are L2-normalised, and on unit vectors the squared Euclidean distance and
-    the cosine similarity are tied by ``||a - b||^2 = 2 - 2 cos(a, b)``. The map is strictly
-    monotone (decreasing in cos), so a cosine threshold and a Euclidean threshold make
-    *identical* decisions on every pair; only the number differs. We therefore store and
-    report one metric, :data:`METRIC` = ``"euclidean"``: the plain (not squared) L2 distance
-    between L2-normalised embeddings, in ``[0, 2]``. Convert with
-    :func:`cosine_to_euclidean` / :func:`euclidean_to_cosine`.
+    the reported numbers exactly with :func:`accuracy_at`. The distance is the one metric we
+    store, :data:`tripletface.evaluation.metric.METRIC` (Euclidean on L2-normalised embeddings).
 
 Protocol
     :func:`kfold_accuracy` follows the LFW protocol as insightface ``calculate_roc`` does:
@@ -31,7 +23,7 @@ Pairs that could not be scored
 
 Example::
 
-    d = pair_distances(emb_a, emb_b)               # NaN rows -> NaN distance
+    d = metric.pair_distances(emb_a, emb_b)        # NaN rows -> NaN distance
     m = verification_metrics(d, issame, fold_ids=folds)
     m["accuracy_mean"], m["auc"], m["eer"], m["tar_at_far"][1e-3]
 
@@ -47,12 +39,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tripletface.evaluation.metric import METRIC
+from tripletface.evaluation.thresholds import sweep
+
 __all__ = [
-    "METRIC",
     "FarPoint",
-    "cosine_to_euclidean",
-    "euclidean_to_cosine",
-    "pair_distances",
     "accuracy_at",
     "best_threshold",
     "kfold_accuracy",
@@ -64,16 +55,6 @@ __all__ = [
     "verification_metrics",
     "triplet_metrics",
 ]
-
-METRIC = "euclidean"
-"""The one metric we store: L2 distance between L2-normalised embeddings (smaller = same)."""
-
-METRIC_NOTE = (
-    "On L2-normalised embeddings the squared Euclidean distance equals 2 - 2*cosine similarity, "
-    "a strictly monotone map, so cosine and Euclidean thresholds make identical decisions. "
-    "One metric is stored: 'euclidean' (L2 distance between L2-normalised embeddings, 0..2; "
-    "a pair is 'same' when distance < threshold)."
-)
 
 
 class FarPoint(NamedTuple):
@@ -89,40 +70,6 @@ class FarPoint(NamedTuple):
     tar: float
     far: float
     reachable: bool
-
-
-# ----------------------------------------------------------------------------- conversions
-
-
-def cosine_to_euclidean(cos):
-    """Cosine similarity of unit vectors -> their L2 distance, ``sqrt(2 - 2 cos)`` (in [0, 2])."""
-    cos = np.asarray(cos, dtype=np.float64)
-    out = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, 4.0))
-    return float(out) if out.ndim == 0 else out
-
-
-def euclidean_to_cosine(distance):
-    """L2 distance of unit vectors -> their cosine similarity, ``1 - d^2 / 2``."""
-    d = np.asarray(distance, dtype=np.float64)
-    out = 1.0 - d * d / 2.0
-    return float(out) if out.ndim == 0 else out
-
-
-def pair_distances(emb_a, emb_b, normalize: bool = True) -> np.ndarray:
-    """Row-wise :data:`METRIC` distance between two ``(n, dim)`` embedding arrays -> ``(n,)``.
-
-    Rows are L2-normalised first unless ``normalize=False``. A row holding NaN (an image
-    without an embedding) gives a NaN distance, which :func:`score_with_failures` counts wrong.
-    """
-    a = np.asarray(emb_a, dtype=np.float64)
-    b = np.asarray(emb_b, dtype=np.float64)
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"emb_a and emb_b must be (n, dim) arrays of one shape, received: {a.shape} and {b.shape}")
-    if normalize:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            a = a / np.linalg.norm(a, axis=1, keepdims=True)
-            b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.linalg.norm(a - b, axis=1)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -166,32 +113,6 @@ def accuracy_at(distances, issame, threshold: float) -> float:
     return float(np.mean((d < t) == s))
 
 
-def _candidate_thresholds(d: np.ndarray) -> np.ndarray:
-    """Every distinct decision on ``d`` as one finite threshold, ascending.
-
-    The smallest finite distance (nothing finite is accepted), the midpoints between
-    consecutive distinct finite distances, and just above the largest (all finite accepted).
-    ±inf distances are never candidates, so they are decided the same at every threshold.
-    """
-    u = np.unique(d[np.isfinite(d)])
-    if u.size == 0:
-        return np.zeros(1)
-    mids = u[:-1] + (u[1:] - u[:-1]) / 2.0
-    return np.concatenate([u[:1], mids, [np.nextafter(u[-1], np.inf)]])
-
-
-def _sweep(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds, true accepts, false accepts) at every candidate threshold, O(n log n)."""
-    order = np.argsort(d, kind="stable")
-    d_sorted = d[order]
-    same_cum = np.concatenate([[0], np.cumsum(s[order])])  # same_cum[k]: matched among the k smallest
-    thresholds = _candidate_thresholds(d)
-    below = np.searchsorted(d_sorted, thresholds, side="left")  # pairs with d < t
-    true_accepts = same_cum[below]
-    false_accepts = below - true_accepts
-    return thresholds, true_accepts, false_accepts
-
-
 def best_threshold(distances, issame) -> tuple[float, float]:
     """The threshold with the best accuracy on these pairs, and that accuracy.
 
@@ -199,7 +120,7 @@ def best_threshold(distances, issame) -> tuple[float, float]:
     plus both ends) in O(n log n). Ties go to the smallest threshold (fewest false accepts).
     """
     d, s = _check(distances, issame)
-    thresholds, ta, fa = _sweep(d, s)
+    thresholds, ta, fa = sweep(d, s)
     n_diff = int((~s).sum())
     correct = ta + (n_diff - fa)
     i = int(np.argmax(correct))
@@ -286,7 +207,7 @@ def far_point(distances, issame, far: float) -> FarPoint:
     """
     d, s = _check(distances, issame)
     n_same, n_diff = _both_classes(s)
-    thresholds, ta, fa = _sweep(d, s)
+    thresholds, ta, fa = sweep(d, s)
     return _far_point(thresholds, ta, fa, n_same, n_diff, far)
 
 
@@ -335,7 +256,7 @@ def roc_metrics(distances, issame, far_targets=(1e-3, 1e-2)) -> dict:
     n_same, n_diff = _both_classes(s)
     fpr, tpr = roc_points(d, s)
 
-    thresholds, ta, fa = _sweep(d, s)
+    thresholds, ta, fa = sweep(d, s)
     far = fa / n_diff
     frr = 1.0 - ta / n_same
     gap = frr - far  # decreasing with the threshold

@@ -20,7 +20,7 @@ longer side (replicated edges): photos that are already tight face crops are fou
 ``FaceResult.detect_path`` says which pass found the face (``"direct"`` or ``"padded"``);
 coordinates are always in the original image's pixels.
 
-Quality measures (on every ``ok`` result):
+Quality measures (on every ``ok`` result; :mod:`tripletface.faces.selection`):
 
 * ``face_size`` -- longer side of the detected box, original pixels;
 * ``blur`` -- variance of the Laplacian of the aligned crop, greyscale (low = blurry;
@@ -41,12 +41,12 @@ from typing import Optional
 import numpy as np
 
 from tripletface.faces.align import BOX, DEFAULT_TEMPLATE, TEMPLATES, align_face, box_crop
-from tripletface.faces.detect import DETECTORS, Detection, Detector, get_detector, select_face
+from tripletface.faces.detect import DETECTORS, Detection, Detector, get_detector
+from tripletface.faces.selection import blur_score, pose_score, select_face
 from tripletface.errors import ImageError
 from tripletface.data.decode import read_image
 
-__all__ = ["FaceResult", "FaceCropper", "alignment_settings", "blur_score", "pose_score", "SETTINGS_KEYS",
-           "PAD_FRACTION", "pad_for_detection"]
+__all__ = ["FaceResult", "FaceCropper", "alignment_settings", "SETTINGS_KEYS", "PAD_FRACTION", "pad_for_detection"]
 
 # Keys of the alignment settings dict (what a model stores to rebuild its cropper).
 SETTINGS_KEYS = ("detector", "size", "template", "min_face_size", "detect_scale", "min_score", "max_pixels")
@@ -89,7 +89,7 @@ class FaceResult:
 
 
 def alignment_settings(crop_cfg) -> dict:
-    """The JSON-ready settings that define a crop, from a :class:`tripletface.config.config.CropConfig`.
+    """The JSON-ready settings that define a crop, from a :class:`tripletface.config.CropConfig`.
 
     Store this dict with a model; :meth:`FaceCropper.from_settings` rebuilds the same cropper.
     """
@@ -102,29 +102,6 @@ def alignment_settings(crop_cfg) -> dict:
         "min_score": float(crop_cfg.min_score),
         "max_pixels": int(crop_cfg.max_pixels),
     }
-
-
-def blur_score(aligned: np.ndarray) -> float:
-    """Variance of the Laplacian of ``aligned`` (uint8 RGB) in greyscale."""
-    import cv2
-
-    grey = cv2.cvtColor(np.ascontiguousarray(aligned), cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
-
-
-def pose_score(landmarks) -> float:
-    """Signed nose offset from the eye-mouth midline, in eye distances (0 = frontal)."""
-    lm = np.asarray(landmarks, dtype=np.float64)
-    eyes = (lm[0] + lm[1]) / 2.0
-    mouth = (lm[3] + lm[4]) / 2.0
-    axis = mouth - eyes
-    iod = float(np.linalg.norm(lm[1] - lm[0]))
-    norm = float(np.linalg.norm(axis))
-    if iod < 1e-6 or norm < 1e-6:
-        return 0.0
-    rel = lm[2] - eyes
-    cross = axis[0] * rel[1] - axis[1] * rel[0]  # signed distance * norm
-    return float(-cross / norm / iod)
 
 
 # Border added on every side of an image, as a fraction of its longer side, for the padded retry.

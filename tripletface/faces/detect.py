@@ -1,4 +1,5 @@
-"""Face detection backends behind one thin object, plus the choice of one face per image.
+"""Face detection backends behind one thin object (the choice of one face per image is
+:func:`tripletface.faces.selection.select_face`).
 
 Which detector, and why
 -----------------------
@@ -44,7 +45,6 @@ Example::
 
     >>> det = get_detector("mtcnn", min_face_size=40, detect_scale=0.5, min_score=0.9)  # doctest: +SKIP
     >>> faces = det.detect_batch([img1, img2])   # list (per image) of lists of Detection
-    >>> face, count = select_face(faces[0], img1.shape)
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import numpy as np
 from tripletface.errors import ModelError
 
 __all__ = ["Detection", "Detector", "MTCNNDetector", "OpenCVDetector", "DETECTORS", "get_detector",
-           "select_face", "detection_scale"]
+           "detection_scale"]
 
 # Landmarks as fractions of a Haar face box (x, y), mean of MTCNN on LFW, symmetrised.
 _BOX_LANDMARKS = np.array(
@@ -418,24 +418,3 @@ def get_detector(name: str = "mtcnn", min_face_size: int = 20, detect_scale: flo
     if name not in DETECTORS:
         raise ValueError(f"detector must be one of {sorted(DETECTORS)}, received: {name!r}")
     return DETECTORS[name](min_face_size=min_face_size, detect_scale=detect_scale, min_score=min_score)
-
-
-def select_face(detections: list[Detection], image_shape) -> tuple[Optional[Detection], int]:
-    """Pick the face to keep: the largest, preferring central ones. Returns ``(face or None, count)``.
-
-    Rank = box area - 2 * squared distance of the box centre from the image centre
-    (insightface's rule), so a big face wins unless it is far off-centre.
-    """
-    count = len(detections)
-    if count == 0:
-        return None, 0
-    h, w = float(image_shape[0]), float(image_shape[1])
-    cx, cy = w / 2.0, h / 2.0
-
-    def rank(d: Detection) -> float:
-        area = max(0.0, d.width) * max(0.0, d.height)
-        bx = (d.box[0] + d.box[2]) / 2.0
-        by = (d.box[1] + d.box[3]) / 2.0
-        return area - 2.0 * ((bx - cx) ** 2 + (by - cy) ** 2)
-
-    return max(detections, key=rank), count

@@ -1,6 +1,6 @@
 """Export a model for serving: an aligned face (uint8) in, the L2-normalised embedding out.
 
-``tripletface export --model MODEL --format savedmodel|tflite|onnx OUT [--quantize int8|float16]``
+The command is ``tripletface export`` (:mod:`tripletface.cli.export`).
 
 The exported graph holds every step after alignment, so no caller reimplements them:
 
@@ -51,11 +51,9 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -65,7 +63,7 @@ from tripletface.errors import InputError, ModelError
 from tripletface.folders import check_apart
 
 __all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_NAME", "ONNX_OPSET", "build_serving_function", "export_model",
-           "metadata_path", "read_export_metadata", "load_exported", "ExportedModel", "add_arguments", "run"]
+           "metadata_path", "read_export_metadata", "load_exported", "ExportedModel"]
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("int8", "float16")
@@ -86,12 +84,12 @@ def build_serving_function(model, flip_tta: bool = False):
     """
     import tensorflow as tf
 
-    from tripletface.model import build as M
+    from tripletface.model.io import get_metadata, preprocess_layer
 
-    M.preprocess_layer(model)  # a ModelError for anything but a tripletface model
+    preprocess_layer(model)  # a ModelError for anything but a tripletface model
     size = tuple(int(s) for s in model.input_shape[1:3])
     if None in size:
-        size = tuple(int(s) for s in M.get_metadata(model)["image_size"])
+        size = tuple(int(s) for s in get_metadata(model)["image_size"])
     spec = tf.TensorSpec((None, None, None, 3), tf.uint8, name=INPUT_NAME)
 
     def embed(x):
@@ -374,40 +372,3 @@ def load_exported(path) -> ExportedModel:
         raise InputError("running an ONNX export needs onnxruntime: pip install 'tripletface[export]'") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return ExportedModel(path, fmt, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], meta, "onnxruntime")
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tripletface.cli.main import add_flip_argument
-
-    parser.add_argument("out", metavar="OUT", help="SavedModel folder, or .tflite / .onnx file to write")
-    parser.add_argument("--model", default=None, help="a .keras model (default: the bundled model)")
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, required=True, help="artifact format")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="tflite only: int8 (dynamic-range: int8 weights) or float16 weights")
-    add_flip_argument(parser)
-    parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",
-                        help="keep the BatchNorm layers (default: fold each one that follows a convolution into it)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-
-
-def run(args: argparse.Namespace) -> int:
-    from tripletface.inference.embedder import Embedder, resolve_model_path
-
-    out = Path(args.out)
-    model_path = resolve_model_path(args.model)
-    check_apart(model_path, out, "the model", "OUT")  # --overwrite must never delete the model it exports
-    if out.exists() and not args.overwrite:  # fail before loading anything
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if args.quantize and args.fmt != "tflite":
-        raise InputError(f"--quantize {args.quantize} is for --format tflite only, received --format {args.fmt}")
-    embedder = Embedder.load(args.model)
-    print(f"exporting {embedder.name} ({embedder.image_size[0]}x{embedder.image_size[1]}, {embedder.dim}-d) "
-          f"to {args.fmt}{' ' + args.quantize if args.quantize else ''} ...", file=sys.stderr)
-    export_model(embedder, out, args.fmt, quantize=args.quantize, flip_tta=args.flip_tta, overwrite=args.overwrite,
-                 fold_batch_norm=getattr(args, "fold_batch_norm", True))
-    meta = metadata_path(out, args.fmt)
-    folded = read_export_metadata(out).get("batch_norm_folded", 0)
-    print(f"wrote {out} (metadata: {meta}; {folded} BatchNorm layers folded into their convolutions)")
-    return 0

@@ -12,20 +12,17 @@ Example::
     loss_obj = get_loss(cfg.loss)                        # from a LossConfig
     loss, stats = loss_obj.compute_with_stats(labels, embeddings)
 
-Importing this package loads no Keras: the Keras classes (``TripletLoss``,
-``OnlineTripletLoss``, ``MemoryBank``) are defined and registered on first access;
-:func:`custom_objects` does it explicitly (call it before loading a ``.keras`` file
-compiled with one of these losses); importing this package after Keras is loaded
-registers them as well.
+Importing this package loads Keras and registers its Keras classes (``TripletLoss``,
+``OnlineTripletLoss``, ``ContrastiveLoss``, ``MemoryBank``, ``MarginSoftmaxHead``), so a
+``.keras`` file compiled with one of these losses loads after it. The command line imports
+it only inside the commands that train or evaluate (``tripletface --help`` loads no Keras).
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-
+from tripletface.config.choice_lists import LOSS_NAMES
 from tripletface.losses.collapse import is_collapsed
-from tripletface.losses.contrastive import contrastive_loss
+from tripletface.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tripletface.losses.distances import (
     DISTANCES,
     CosineDistance,
@@ -34,12 +31,15 @@ from tripletface.losses.distances import (
     SquaredL2Distance,
     get_distance,
 )
+from tripletface.losses.margin_softmax import MarginSoftmaxHead
 from tripletface.losses.masks import label_masks
-from tripletface.losses.memory_bank import EMPTY_LABEL
+from tripletface.losses.memory_bank import EMPTY_LABEL, MemoryBank
 from tripletface.losses.miners import MINERS, MinedTriplets
 from tripletface.losses.reducers import STAT_NAMES
 from tripletface.losses.triplet import (
     MININGS,
+    OnlineTripletLoss,
+    TripletLoss,
     explicit_triplet_loss,
     online_triplet_loss,
     split_triplets,
@@ -75,42 +75,15 @@ __all__ = [
     "LOSS_NAMES",
 ]
 
-# loss.name values: explicit triplets, an online miner, or XBM's contrastive pair loss.
-LOSS_NAMES = ("triplet",) + MININGS + ("contrastive",)
-
-# Keras classes, defined lazily by their module.
-_LAZY = {
-    "TripletLoss": "tripletface.losses.triplet",
-    "OnlineTripletLoss": "tripletface.losses.triplet",
-    "ContrastiveLoss": "tripletface.losses.contrastive",
-    "MemoryBank": "tripletface.losses.memory_bank",
-    "MarginSoftmaxHead": "tripletface.losses.margin_softmax",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def custom_objects() -> dict:
-    """Define and register the Keras classes; returns them by name."""
-    return {name: __getattr__(name) for name in _LAZY}
-
-
-def _register_if_keras_loaded() -> None:
-    """Register the classes now if Keras is already loaded (then it costs nothing), so that
-    ``import tripletface.losses`` before ``keras.saving.load_model`` is enough."""
-    if "keras" in sys.modules:
-        custom_objects()
-
-
-_register_if_keras_loaded()
+    """The registered Keras classes of this package, by name."""
+    return {cls.__name__: cls for cls in (TripletLoss, OnlineTripletLoss, ContrastiveLoss, MemoryBank,
+                                          MarginSoftmaxHead)}
 
 
 def get_loss(loss_cfg):
-    """The loss object a :class:`~tripletface.config.config.LossConfig` asks for.
+    """The loss object a :class:`~tripletface.config.LossConfig` asks for.
 
     ``name == "triplet"`` gives :class:`TripletLoss` (explicit triplets); ``batch_all``,
     ``batch_hard`` and ``semi_hard`` give :class:`OnlineTripletLoss` with that mining.
@@ -122,7 +95,7 @@ def get_loss(loss_cfg):
         raise ValueError(f"loss.name must be one of {'|'.join(LOSS_NAMES)}, received: {name!r}")
     kwargs = {"margin": loss_cfg.margin, "distance": loss_cfg.distance, "soft_margin": loss_cfg.soft_margin}
     if name == "triplet":
-        return __getattr__("TripletLoss")(**kwargs)
+        return TripletLoss(**kwargs)
     if name == "contrastive":
-        return __getattr__("ContrastiveLoss")(margin=loss_cfg.contrastive_margin)
-    return __getattr__("OnlineTripletLoss")(mining=name, **kwargs)
+        return ContrastiveLoss(margin=loss_cfg.contrastive_margin)
+    return OnlineTripletLoss(mining=name, **kwargs)

@@ -21,21 +21,14 @@ from __future__ import annotations
 
 import math
 
+import keras
+from keras import ops
+
 from tripletface.losses.distances import CosineDistance
 from tripletface.losses.reducers import masked_mean, masked_sum
 from tripletface.losses.triplet import candidate_distances
 
 __all__ = ["contrastive_loss", "ContrastiveLoss"]
-
-_CLASSES = ("ContrastiveLoss",)
-
-
-def __getattr__(name):
-    if name in _CLASSES:
-        _register()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def _check_similarity_margin(margin):
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) \
@@ -56,8 +49,6 @@ def contrastive_loss(labels, embeddings, margin=0.5, memory=None):
     Returns:
         ``(loss, stats)``: float32 scalar and a dict of float32 scalars.
     """
-    from keras import ops
-
     _check_similarity_margin(margin)
     dist, positive, negative = candidate_distances(labels, embeddings, CosineDistance(), memory)  # 1 − S
     sim = 1.0 - dist
@@ -78,38 +69,29 @@ def contrastive_loss(labels, embeddings, margin=0.5, memory=None):
     return loss, {k: ops.stop_gradient(v) for k, v in stats.items()}
 
 
-def _register():
-    """Define and register :class:`ContrastiveLoss` once (lazily: no Keras at import time)."""
-    if "ContrastiveLoss" in globals():
-        return
-    import keras
+@keras.saving.register_keras_serializable(package="tripletface")
+class ContrastiveLoss(keras.losses.Loss):
+    """The XBM contrastive loss on labelled (P×K) batches: ``y_true`` (B,) integer labels,
+    ``y_pred`` (B, D) embeddings.
 
-    @keras.saving.register_keras_serializable(package="tripletface")
-    class ContrastiveLoss(keras.losses.Loss):
-        """The XBM contrastive loss on labelled (P×K) batches: ``y_true`` (B,) integer labels,
-        ``y_pred`` (B, D) embeddings.
+    Args:
+        margin: λ, the cosine similarity above which a negative pair is pushed apart
+            (default 0.5), in [-1, 1).
+    """
 
-        Args:
-            margin: λ, the cosine similarity above which a negative pair is pushed apart
-                (default 0.5), in [-1, 1).
-        """
+    def __init__(self, margin=0.5, name="contrastive_loss", **kwargs):
+        _check_similarity_margin(margin)
+        super().__init__(name=name, **kwargs)
+        self.margin = float(margin)
 
-        def __init__(self, margin=0.5, name="contrastive_loss", **kwargs):
-            _check_similarity_margin(margin)
-            super().__init__(name=name, **kwargs)
-            self.margin = float(margin)
+    def compute_with_stats(self, labels, embeddings, memory=None):
+        """(B,) labels, (B, D) embeddings[, memory] -> (loss, stats); see :func:`contrastive_loss`."""
+        return contrastive_loss(labels, embeddings, self.margin, memory=memory)
 
-        def compute_with_stats(self, labels, embeddings, memory=None):
-            """(B,) labels, (B, D) embeddings[, memory] -> (loss, stats); see :func:`contrastive_loss`."""
-            return contrastive_loss(labels, embeddings, self.margin, memory=memory)
+    def call(self, y_true, y_pred):
+        return self.compute_with_stats(y_true, y_pred)[0]
 
-        def call(self, y_true, y_pred):
-            return self.compute_with_stats(y_true, y_pred)[0]
-
-        def get_config(self):
-            config = super().get_config()
-            config.update({"margin": self.margin})
-            return config
-
-    ContrastiveLoss.__qualname__ = "ContrastiveLoss"
-    globals()["ContrastiveLoss"] = ContrastiveLoss
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": self.margin})
+        return config

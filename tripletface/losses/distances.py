@@ -15,11 +15,12 @@ Example::
     x = d.pairwise(emb, memory)  # (B, M)
     r = d.paired(a, b)           # (B,), row i against row i
 
-Only ``keras.ops`` is used (portable across Keras backends); Keras is imported inside
-the methods so importing this module loads nothing.
+Only ``keras.ops`` is used (portable across Keras backends).
 """
 
 from __future__ import annotations
+
+from keras import ops
 
 __all__ = [
     "Distance",
@@ -36,8 +37,6 @@ _NORM_EPS = 1e-12
 
 
 def _float32(x):
-    from keras import ops
-
     return ops.cast(ops.convert_to_tensor(x), "float32")
 
 
@@ -47,15 +46,11 @@ def safe_sqrt(x):
 
     The double ``where`` keeps the infinite branch out of the backward pass.
     """
-    from keras import ops
-
     positive = ops.greater(x, 0.0)
     return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), ops.zeros_like(x))
 
 
 def _normalize_rows(x):
-    from keras import ops
-
     sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
     return x * ops.rsqrt(ops.maximum(sq, _NORM_EPS))
 
@@ -74,8 +69,6 @@ class Distance:
     def pairwise(self, x, y=None):
         """(N, D), (M, D) -> (N, M) float32. With ``y`` omitted, ``x`` against itself,
         and then the diagonal (self-pairs) is exactly 0 for a distance."""
-        from keras import ops
-
         x = _float32(x)
         if y is None:
             m = self._matrix(x, x)
@@ -121,15 +114,11 @@ class SquaredL2Distance(Distance):
     name = "squared_l2"
 
     def _matrix(self, x, y):
-        from keras import ops
-
         xx = ops.sum(ops.square(x), axis=1, keepdims=True)
         yy = ops.sum(ops.square(y), axis=1)[None, :]
         return ops.maximum(xx + yy - 2.0 * ops.matmul(x, ops.transpose(y)), 0.0)
 
     def _paired(self, x, y):
-        from keras import ops
-
         return ops.sum(ops.square(x - y), axis=-1)
 
     def from_euclidean(self, d):
@@ -161,14 +150,10 @@ class CosineDistance(Distance):
     name = "cosine"
 
     def _matrix(self, x, y):
-        from keras import ops
-
         cos = ops.matmul(_normalize_rows(x), ops.transpose(_normalize_rows(y)))
         return ops.maximum(1.0 - cos, 0.0)
 
     def _paired(self, x, y):
-        from keras import ops
-
         cos = ops.sum(_normalize_rows(x) * _normalize_rows(y), axis=-1)
         return ops.maximum(1.0 - cos, 0.0)
 

@@ -13,21 +13,19 @@ Feed P×K batches (P identities × K >= 2 images) so every anchor has positives.
 
 from __future__ import annotations
 
+from keras import ops
+
 __all__ = ["as_labels", "self_mask", "label_masks"]
 
 
 def as_labels(labels):
     """Any integer-valued labels (int or float dtype, shape (B,) or (B, 1)) -> int64 (B,)."""
-    from keras import ops
-
     labels = ops.reshape(ops.convert_to_tensor(labels), (-1,))
     return ops.cast(labels, "int64")
 
 
 def self_mask(num_anchors, num_candidates):
     """(B, M) bool, True at [i, i]: anchor i paired with its own batch row."""
-    from keras import ops
-
     return ops.equal(ops.arange(num_anchors)[:, None], ops.arange(num_candidates)[None, :])
 
 
@@ -44,8 +42,6 @@ def label_masks(labels, candidate_labels=None, candidate_valid=None):
     Returns:
         ``(positive, negative)``, two (B, M) bool tensors.
     """
-    from keras import ops
-
     labels = as_labels(labels)
     candidate_labels = labels if candidate_labels is None else as_labels(candidate_labels)
     same = ops.equal(labels[:, None], candidate_labels[None, :])

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from keras import ops
+
 __all__ = ["MinedTriplets", "batch_all", "batch_hard", "semi_hard", "explicit", "MINERS"]
 
 # Stands for "no candidate" inside min/max reductions and sorts; only ever selected away by a
@@ -41,15 +43,11 @@ class MinedTriplets(NamedTuple):
 
 
 def _zero_outside(x, mask):
-    from keras import ops
-
     return ops.where(mask, x, ops.zeros_like(x))
 
 
 def batch_all(dist, positive, negative) -> MinedTriplets:
     """Every valid triplet: shape (B, M, M), [a, p, n]."""
-    from keras import ops
-
     d_ap = dist[:, :, None]
     d_an = dist[:, None, :]
     mask = ops.logical_and(positive[:, :, None], negative[:, None, :])
@@ -63,8 +61,6 @@ def batch_hard(dist, positive, negative) -> MinedTriplets:
     """Per anchor, its hardest positive (largest distance) and hardest negative
     (smallest distance), as in Hermans et al. 2017. Shape (B,); an anchor without a
     positive or without a negative is not considered."""
-    from keras import ops
-
     hardest_pos = ops.max(ops.where(positive, dist, -_FAR), axis=1)
     hardest_neg = ops.min(ops.where(negative, dist, _FAR), axis=1)
     mask = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
@@ -77,8 +73,6 @@ def _batched_searchsorted(sorted_rows, values, side):
     ``keras.ops.searchsorted`` takes 1-D sequences only; ``keras.ops.vectorized_map``
     turns it into one batched op (on TensorFlow a single UpperBound/LowerBound, no loop).
     """
-    from keras import ops
-
     return ops.vectorized_map(lambda row: ops.searchsorted(row[0], row[1], side=side), (sorted_rows, values))
 
 
@@ -95,8 +89,6 @@ def semi_hard(dist, positive, negative) -> MinedTriplets:
     looked up in them (O(B·M log M) time, O(B·M) memory, unlike tfa's (B², B) tiling),
     so a large memory bank stays affordable.
     """
-    from keras import ops
-
     sorted_neg = ops.sort(ops.where(negative, dist, _FAR), axis=1)  # (B, M), non-negatives last
     num_neg = ops.sum(ops.cast(negative, "int32"), axis=1, keepdims=True)  # (B, 1)
     # per (a, p): how many negatives are <= d(a, p); the next one is the nearest farther one
@@ -112,8 +104,6 @@ def semi_hard(dist, positive, negative) -> MinedTriplets:
 
 def explicit(d_ap, d_an) -> MinedTriplets:
     """Given triplets: (B,) anchor-positive and anchor-negative distances, all considered."""
-    from keras import ops
-
     return MinedTriplets(d_ap, d_an, ops.ones_like(d_ap, dtype="bool"))
 
 

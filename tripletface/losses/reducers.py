@@ -13,6 +13,8 @@ multiplied.
 
 from __future__ import annotations
 
+from keras import ops
+
 __all__ = ["REDUCTIONS", "masked_sum", "masked_mean", "reduce_losses", "triplet_stats", "STAT_NAMES"]
 
 REDUCTIONS = ("mean", "nonzero_mean")
@@ -20,28 +22,20 @@ STAT_NAMES = ("active_fraction", "pos_dist", "neg_dist", "valid_triplets")
 
 
 def _count(mask):
-    from keras import ops
-
     return ops.cast(ops.sum(ops.cast(mask, "int32")), "float32")
 
 
 def masked_sum(values, mask):
-    from keras import ops
-
     return ops.sum(ops.where(mask, values, ops.zeros_like(values)))
 
 
 def masked_mean(values, mask):
     """Mean of ``values`` where ``mask``; 0 when the mask is empty."""
-    from keras import ops
-
     return masked_sum(values, mask) / ops.maximum(_count(mask), 1.0)
 
 
 def reduce_losses(losses, mask, reduction="mean"):
     """Per-triplet ``losses`` (any shape) -> float32 scalar, over the triplets in ``mask``."""
-    from keras import ops
-
     if reduction == "mean":
         return masked_mean(losses, mask)
     if reduction == "nonzero_mean":
@@ -64,8 +58,6 @@ def triplet_stats(mined, active, distance) -> dict:
         anchor-positive and anchor-negative distance over the considered triplets) and
         ``valid_triplets`` (how many were considered); all 0 when none was.
     """
-    from keras import ops
-
     mask = mined.mask
     considered = _count(mask)
     stats = {

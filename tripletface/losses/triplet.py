@@ -21,13 +21,15 @@ zero gradients.
 
 Everything is computed in float32 whatever the embedding dtype; only ``keras.ops`` is
 used. :class:`TripletLoss` and :class:`OnlineTripletLoss` are registered Keras objects
-(package ``tripletface``), defined when first used so that importing this module loads
-no Keras.
+(package ``tripletface``).
 """
 
 from __future__ import annotations
 
 import math
+
+import keras
+from keras import ops
 
 from tripletface.losses.distances import DISTANCES, get_distance
 from tripletface.losses.masks import as_labels, label_masks
@@ -50,15 +52,6 @@ MININGS = tuple(MINERS)
 # batch_all averages over the triplets that still have a loss (else the loss vanishes
 # as training progresses); the others over every triplet they mined.
 _REDUCTION = {"batch_all": "nonzero_mean", "batch_hard": "mean", "semi_hard": "mean"}
-
-_CLASSES = ("TripletLoss", "OnlineTripletLoss")
-
-
-def __getattr__(name):
-    if name in _CLASSES:
-        _register()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -87,8 +80,6 @@ def _check_distance_name(distance):
 
 def triplet_margin_loss(d_ap, d_an, margin=0.2, soft_margin=False):
     """Per-triplet loss from oriented distances (any matching shapes)."""
-    from keras import ops
-
     if soft_margin:
         return ops.softplus(d_ap - d_an)  # log1p(exp(x)), overflow-safe
     return ops.relu(d_ap - d_an + margin)
@@ -96,8 +87,6 @@ def triplet_margin_loss(d_ap, d_an, margin=0.2, soft_margin=False):
 
 def _finish(mined, distance, margin, soft_margin, reduction):
     """Per-triplet loss -> reduction -> (loss, stats)."""
-    from keras import ops
-
     losses = triplet_margin_loss(mined.d_ap, mined.d_an, margin, soft_margin)
     loss = reduce_losses(losses, mined.mask, reduction)
     active = ops.greater(mined.d_ap - mined.d_an + (0.0 if soft_margin else margin), 0.0)
@@ -106,8 +95,6 @@ def _finish(mined, distance, margin, soft_margin, reduction):
 
 def _unpack_memory(memory, dim):
     """``(embeddings, labels)`` or ``(embeddings, labels, valid)`` -> float32, int64, bool."""
-    from keras import ops
-
     if not isinstance(memory, (tuple, list)) or len(memory) not in (2, 3):
         raise ValueError("memory must be (embeddings, labels) or (embeddings, labels, valid), "
                          f"received: {type(memory).__name__}")
@@ -158,8 +145,6 @@ def candidate_distances(labels, embeddings, dist_fn, memory=None):
     oriented) and the label masks of :func:`~tripletface.losses.masks.label_masks`; M = B
     without memory. Every online loss (the miners, the contrastive loss) starts here.
     """
-    from keras import ops
-
     embeddings = ops.cast(ops.convert_to_tensor(embeddings), "float32")
     labels = as_labels(labels)
     dist = dist_fn.pairwise(embeddings)  # (B, B)
@@ -190,8 +175,6 @@ def explicit_triplet_loss(anchors, positives, negatives, margin=0.2, distance="s
 
 def split_triplets(y_pred):
     """(3B, D) stacked ``[anchors; positives; negatives]`` -> three (B, D) tensors."""
-    from keras import ops
-
     y_pred = ops.convert_to_tensor(y_pred)
     if len(y_pred.shape) != 2:
         raise ValueError(f"triplet embeddings must be 2-D (3B, D), received shape: {tuple(y_pred.shape)}")
@@ -205,93 +188,83 @@ def split_triplets(y_pred):
 
 # --------------------------------------------------------------------------- Keras classes
 
-def _register():
-    """Define and register the Keras loss classes once (lazily: no Keras at import time)."""
-    if "OnlineTripletLoss" in globals():
-        return
-    import keras
+@keras.saving.register_keras_serializable(package="tripletface")
+class TripletLoss(keras.losses.Loss):
+    """The standard triplet loss on explicit triplets (the original design).
 
-    @keras.saving.register_keras_serializable(package="tripletface")
-    class TripletLoss(keras.losses.Loss):
-        """The standard triplet loss on explicit triplets (the original design).
+    ``y_pred`` is (3B, D): rows [0, B) anchors, [B, 2B) positives, [2B, 3B)
+    negatives; ``y_true`` is ignored.
 
-        ``y_pred`` is (3B, D): rows [0, B) anchors, [B, 2B) positives, [2B, 3B)
-        negatives; ``y_true`` is ignored.
+    Args:
+        margin: hinge margin, >= 0 (default 0.2).
+        distance: ``squared_l2`` | ``l2`` | ``cosine``.
+        soft_margin: log1p(exp(d_ap - d_an)) instead of the hinge.
+    """
 
-        Args:
-            margin: hinge margin, >= 0 (default 0.2).
-            distance: ``squared_l2`` | ``l2`` | ``cosine``.
-            soft_margin: log1p(exp(d_ap - d_an)) instead of the hinge.
-        """
+    def __init__(self, margin=0.2, distance="squared_l2", soft_margin=False, name="triplet_loss", **kwargs):
+        _check_margin(margin)
+        _check_distance_name(distance)
+        _check_soft_margin(soft_margin)
+        super().__init__(name=name, **kwargs)
+        self.margin = float(margin)
+        self.distance = distance
+        self.soft_margin = soft_margin
 
-        def __init__(self, margin=0.2, distance="squared_l2", soft_margin=False, name="triplet_loss", **kwargs):
-            _check_margin(margin)
-            _check_distance_name(distance)
-            _check_soft_margin(soft_margin)
-            super().__init__(name=name, **kwargs)
-            self.margin = float(margin)
-            self.distance = distance
-            self.soft_margin = soft_margin
+    def compute_with_stats(self, labels, embeddings, memory=None):
+        """``labels`` ignored; ``embeddings`` (3B, D) -> (loss, stats)."""
+        if memory is not None:
+            raise ValueError("memory is not supported by TripletLoss (explicit triplets); "
+                             "use OnlineTripletLoss, received memory of type " + type(memory).__name__)
+        anchors, positives, negatives = split_triplets(embeddings)
+        return explicit_triplet_loss(anchors, positives, negatives, self.margin, self.distance,
+                                     self.soft_margin)
 
-        def compute_with_stats(self, labels, embeddings, memory=None):
-            """``labels`` ignored; ``embeddings`` (3B, D) -> (loss, stats)."""
-            if memory is not None:
-                raise ValueError("memory is not supported by TripletLoss (explicit triplets); "
-                                 "use OnlineTripletLoss, received memory of type " + type(memory).__name__)
-            anchors, positives, negatives = split_triplets(embeddings)
-            return explicit_triplet_loss(anchors, positives, negatives, self.margin, self.distance,
-                                         self.soft_margin)
+    def call(self, y_true, y_pred):
+        return self.compute_with_stats(y_true, y_pred)[0]
 
-        def call(self, y_true, y_pred):
-            return self.compute_with_stats(y_true, y_pred)[0]
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": self.margin, "distance": self.distance, "soft_margin": self.soft_margin})
+        return config
 
-        def get_config(self):
-            config = super().get_config()
-            config.update({"margin": self.margin, "distance": self.distance, "soft_margin": self.soft_margin})
-            return config
 
-    @keras.saving.register_keras_serializable(package="tripletface")
-    class OnlineTripletLoss(keras.losses.Loss):
-        """Triplet loss mined online in labelled (P×K) batches.
+@keras.saving.register_keras_serializable(package="tripletface")
+class OnlineTripletLoss(keras.losses.Loss):
+    """Triplet loss mined online in labelled (P×K) batches.
 
-        ``y_true``: (B,) integer labels; ``y_pred``: (B, D) embeddings.
+    ``y_true``: (B,) integer labels; ``y_pred``: (B, D) embeddings.
 
-        Args:
-            mining: ``batch_all`` | ``batch_hard`` | ``semi_hard`` (the semantics of
-                ``tfa.losses.TripletSemiHardLoss``).
-            margin: hinge margin, >= 0 (default 0.2).
-            distance: ``squared_l2`` | ``l2`` | ``cosine``.
-            soft_margin: log1p(exp(d_ap - d_an)) instead of the hinge.
-        """
+    Args:
+        mining: ``batch_all`` | ``batch_hard`` | ``semi_hard`` (the semantics of
+            ``tfa.losses.TripletSemiHardLoss``).
+        margin: hinge margin, >= 0 (default 0.2).
+        distance: ``squared_l2`` | ``l2`` | ``cosine``.
+        soft_margin: log1p(exp(d_ap - d_an)) instead of the hinge.
+    """
 
-        def __init__(self, mining="semi_hard", margin=0.2, distance="squared_l2", soft_margin=False,
-                     name="online_triplet_loss", **kwargs):
-            _check_mining(mining)
-            _check_margin(margin)
-            _check_distance_name(distance)
-            _check_soft_margin(soft_margin)
-            super().__init__(name=name, **kwargs)
-            self.mining = mining
-            self.margin = float(margin)
-            self.distance = distance
-            self.soft_margin = soft_margin
+    def __init__(self, mining="semi_hard", margin=0.2, distance="squared_l2", soft_margin=False,
+                 name="online_triplet_loss", **kwargs):
+        _check_mining(mining)
+        _check_margin(margin)
+        _check_distance_name(distance)
+        _check_soft_margin(soft_margin)
+        super().__init__(name=name, **kwargs)
+        self.mining = mining
+        self.margin = float(margin)
+        self.distance = distance
+        self.soft_margin = soft_margin
 
-        def compute_with_stats(self, labels, embeddings, memory=None):
-            """(B,) labels, (B, D) embeddings[, memory] -> (loss, stats); see
-            :func:`online_triplet_loss`."""
-            return online_triplet_loss(labels, embeddings, self.mining, self.margin, self.distance,
-                                       self.soft_margin, memory=memory)
+    def compute_with_stats(self, labels, embeddings, memory=None):
+        """(B,) labels, (B, D) embeddings[, memory] -> (loss, stats); see
+        :func:`online_triplet_loss`."""
+        return online_triplet_loss(labels, embeddings, self.mining, self.margin, self.distance,
+                                   self.soft_margin, memory=memory)
 
-        def call(self, y_true, y_pred):
-            return self.compute_with_stats(y_true, y_pred)[0]
+    def call(self, y_true, y_pred):
+        return self.compute_with_stats(y_true, y_pred)[0]
 
-        def get_config(self):
-            config = super().get_config()
-            config.update({"mining": self.mining, "margin": self.margin, "distance": self.distance,
-                           "soft_margin": self.soft_margin})
-            return config
-
-    TripletLoss.__qualname__ = "TripletLoss"
-    OnlineTripletLoss.__qualname__ = "OnlineTripletLoss"
-    globals()["TripletLoss"] = TripletLoss
-    globals()["OnlineTripletLoss"] = OnlineTripletLoss
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mining": self.mining, "margin": self.margin, "distance": self.distance,
+                       "soft_margin": self.soft_margin})
+        return config

@@ -56,6 +56,13 @@ def _conv_kinds():
     return plain, depthwise
 
 
+# Private Keras graph APIs, kept because Keras 3 has no public way to read a functional graph's
+# nodes: which layer feeds which (``KerasTensor._keras_history.operation``), how many times a layer
+# is called and how many layers read a tensor (``Functional._nodes_by_depth``, ``Node.operation``,
+# ``Node.input_tensors``), and a call's ``training=`` argument (``Node.arguments.kwargs``); the
+# public ``layer.input``/``layer.output`` only describe a layer's first call. ``Functional`` itself
+# is not exported (``keras.Model(inputs, outputs)`` returns one). tests/model/test_keras_graph_api.py
+# pins every one of them, so a Keras upgrade that moves them fails there, by name.
 def _functional_models(model):
     """``model`` and every Functional model nested in it (each once)."""
     from keras.src.models.functional import Functional

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from tripletface.errors import InputError, TrainingError, first_line
 
-__all__ = ["STRATEGIES", "get_strategy", "num_replicas", "is_chief", "task_name", "worker_dir",
+__all__ = ["STRATEGIES", "get_strategy", "num_replicas", "num_workers", "is_chief", "task_name", "worker_dir",
            "remove_worker_dir", "gather_global_batch", "scale_loss", "step_logs", "sync_batch_norm", "shard_by_data",
            "check_global_batch"]
 
@@ -112,6 +112,22 @@ def num_replicas(strategy=None) -> int:
     import tensorflow as tf
 
     return int((strategy or tf.distribute.get_strategy()).num_replicas_in_sync)
+
+
+def num_workers(strategy=None) -> int:
+    """Worker processes of ``strategy``'s cluster (its ``chief`` and ``worker`` tasks); 1 without one.
+
+    From the public ``strategy.cluster_resolver``: what MultiWorkerMirroredStrategy's private
+    ``extended._in_multi_worker_mode()`` tests (its worker count, the same chief + worker tasks of
+    the cluster spec, > 1); TensorFlow 2.21 gives the same answer for no, one and several workers.
+    """
+    import tensorflow as tf
+
+    resolver = getattr(strategy or tf.distribute.get_strategy(), "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return max(1, len(jobs.get("chief", ())) + len(jobs.get("worker", ())))
 
 
 def task_name(strategy=None) -> tuple[str, int]:
@@ -194,8 +210,7 @@ def step_logs(logs: dict) -> dict:
     import tensorflow as tf
 
     strategy = tf.distribute.get_strategy()
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and num_workers(strategy) > 1
     if not multi_worker:
         return logs
     return {k: tf.reshape(v, [1]) for k, v in logs.items()}
