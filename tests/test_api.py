@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, data_root
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """$TRIPLETFACE_DATA, else <repo>/../shared/data (as tests/conftest.py)."""
+    env = os.environ.get("TRIPLETFACE_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 API_DOC = REPO_ROOT / "docs" / "API.md"
 DOCUMENTED = ["verify", "Embedder", "load_model", "crop_folder", "load_config", "train", "evaluate_pairs",
@@ -108,14 +114,13 @@ def test_documented_names_are_the_api():
 
 
 def test_import_is_cheap_and_names_resolve():
-    code = ("import sys, tripletface\n"
-            "heavy = [m for m in ('numpy', 'tensorflow', 'keras', 'cv2') if m in sys.modules]\n"
-            "print('heavy', heavy)\n"
+    from import_support import heavy_modules_after
+
+    assert heavy_modules_after("import tripletface", heavy=("numpy", "tensorflow", "keras", "cv2")) == []
+    code = ("import tripletface\n"
             "print(tripletface.load_config.__module__, tripletface.train.__module__)\n"
             "print(tripletface.OnlineTripletLoss.__module__, tripletface.MemoryBank.__module__)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
-    assert lines[0] == "heavy []"
-    assert lines[1] == "tripletface.config.load tripletface.training.loop"
-    assert lines[2] == "tripletface.losses.triplet tripletface.losses.memory_bank"
+    assert proc.stdout.splitlines() == ["tripletface.config.load tripletface.training.loop",
+                                        "tripletface.losses.triplet tripletface.losses.memory_bank"]

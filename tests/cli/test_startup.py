@@ -50,3 +50,12 @@ def test_a_keras_that_needs_a_held_back_module_gets_a_one_line_error_naming_the_
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("tripletface.errors.TripletfaceError: importing TensorFlow/Keras failed with")
     assert "TRIPLETFACE_FULL_IMPORT=1" in last
+
+
+def test_help_of_every_command_loads_no_numpy_or_tensorflow():
+    # `tripletface --help` builds every command's parser: the flags and their choice lists must come
+    # from light modules (config.choice_lists), the library loads only when a command runs.
+    from import_support import heavy_modules_after
+
+    assert heavy_modules_after("from tripletface.cli.main import build_parser; build_parser()",
+                               heavy=("numpy", "tensorflow", "keras", "cv2")) == []

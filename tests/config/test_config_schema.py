@@ -326,11 +326,7 @@ def test_each_choice_list_is_the_one_its_implementing_module_uses():
 
 
 def test_importing_the_config_loads_neither_numpy_nor_tensorflow():
-    import subprocess
-    import sys
+    from import_support import heavy_modules_after
 
-    code = ("import sys, tripletface.config as c; c.load_config('cpu'); "
-            "print(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'yaml') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "[]"
+    assert heavy_modules_after("import tripletface.config as c; c.load_config('cpu')",
+                               heavy=("numpy", "tensorflow", "keras", "yaml")) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tripletface.errors import InputError
 from tripletface.folders import check_apart
-from tripletface.inference.gallery import INDEXES, gallery_path
+from tripletface.config.choice_lists import GALLERY_INDEXES as INDEXES
 
 __all__ = ["add_arguments", "run"]
 
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tripletface.inference.embedder import Embedder
+    from tripletface.inference.gallery import gallery_path
     from tripletface.inference.open_set import enroll
 
     root = Path(args.input_dir)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tripletface.inference.gallery import INDEXES, gallery_path, load_gallery
+from tripletface.config.choice_lists import GALLERY_INDEXES as INDEXES
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from tripletface.data.decode import check_image_file
     from tripletface.inference.embedder import Embedder
     from tripletface.inference.matching import check_threshold
+    from tripletface.inference.gallery import gallery_path, load_gallery
     from tripletface.inference.open_set import identify
 
     if args.threshold is not None:

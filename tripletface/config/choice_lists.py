@@ -11,7 +11,8 @@ are exactly these. A cheap implementing module gives its list to the schema dire
 """
 
 __all__ = ["DETECTOR_NAMES", "TEMPLATE_NAMES", "IMAGE_FORMATS", "DATA_SOURCES", "SAMPLINGS", "BACKBONES",
-           "MININGS", "LOSS_NAMES", "DISTANCE_NAMES", "OPTIMIZERS", "LR_SCHEDULES", "PRECISIONS"]
+           "MININGS", "LOSS_NAMES", "DISTANCE_NAMES", "OPTIMIZERS", "LR_SCHEDULES", "PRECISIONS",
+           "GALLERY_INDEXES"]
 
 DETECTOR_NAMES = ("mtcnn", "opencv")  # crop.detector: faces.detect.DETECTORS
 TEMPLATE_NAMES = ("arcface", "box")  # crop.template: faces.align.TEMPLATES, and BOX (no alignment)
@@ -25,4 +26,5 @@ LOSS_NAMES = ("triplet",) + MININGS + ("contrastive",)
 DISTANCE_NAMES = ("squared_l2", "l2", "cosine")  # loss.distance: losses.distances.DISTANCES
 OPTIMIZERS = ("adam", "adamw", "sgd")  # train.optimizer
 LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule
-PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # train.mixed_precision: training.train.resolve_precision
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # train.mixed_precision: training.precision.resolve_precision
+GALLERY_INDEXES = ("exact", "faiss")  # enroll/identify --index: inference.search

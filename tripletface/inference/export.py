@@ -55,12 +55,14 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from pathlib import Path
-
-import numpy as np
 
 from tripletface.errors import InputError, ModelError
 from tripletface.folders import check_apart
+
+if typing.TYPE_CHECKING:  # NumPy loads where it is used: `tripletface export --help` stays light
+    import numpy as np
 
 __all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_NAME", "ONNX_OPSET", "build_serving_function", "export_model",
            "metadata_path", "read_export_metadata", "load_exported", "ExportedModel"]
@@ -304,6 +306,8 @@ class ExportedModel:
         self._run = run_fn
 
     def embed(self, images) -> np.ndarray:
+        import numpy as np
+
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -342,7 +346,7 @@ class _TFLiteRunner:
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.shape = None
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: "np.ndarray") -> np.ndarray:
         if images.shape != self.shape:
             self.interpreter.resize_tensor_input(self.input, images.shape, strict=False)
             self.interpreter.allocate_tensors()

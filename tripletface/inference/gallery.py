@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from tripletface.atomic import replaced_atomically
+from tripletface.config.choice_lists import GALLERY_INDEXES
 from tripletface.errors import DiskFullError, InputError, ModelError, disk_full
 
 __all__ = ["FORMAT", "INDEXES", "Gallery", "gallery_path", "load_gallery", "save_gallery", "locked", "check_model"]
 
 FORMAT = "tripletface-gallery/1"
-INDEXES = ("exact", "faiss")
+INDEXES = GALLERY_INDEXES  # the command line offers them without loading NumPy
 _ARRAYS = ("embeddings", "names", "keys", "meta")
 
 
