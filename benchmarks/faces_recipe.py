@@ -34,39 +34,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402
 import common  # noqa: E402
 
-# The ablation at this data size (docs/RECIPE.md): each row is ``--preset faces-cpu`` with ONE change,
-# at one budget (BUDGET: the steps the recipe fits in its hour on the 2-core machine, crop included),
-# trained with fold 1 held out. ``python benchmarks/faces_recipe.py --row NAME`` runs one into
-# runs/faces/NAME; ``--ablation`` prints the table of the rows run so far.
+# The ablation at this data size (docs/RECIPE.md): each row is BASE with ONE change, at one budget
+# (BUDGET: the steps the recipe fits in its hour on the 2-core machine, crop included), trained with
+# fold 1 held out. BASE is ``--preset faces-cpu`` as the table was begun (2026-12-01): sampling by
+# identities, so 17.9 % of each batch LFW. The preset now balances its sources (the `balanced` row won),
+# and BASE keeps every row of the table one change from the same run. ``python
+# benchmarks/faces_recipe.py --row NAME`` runs one into runs/faces/NAME; ``--ablation`` prints the
+# table of the rows run so far.
 BUDGET = ["train.epochs=14"]
+BASE = BUDGET + ["data.source_balance=identities"]
 ROWS = {
     # the original design on this data (colour ResNet50, random triplets, standard triplet loss,
     # ±10° rotation: benchmarks/ablation.py's ORIGINAL): 1.68x the preset's step time (CAPACITY_ROWS)
-    "original": BUDGET + ablation.ORIGINAL + ["model.greyscale=false", "train.epochs=8"],
-    "faces-cpu": BUDGET,  # the preset as it stands: lfw-cpu's choices, every face grey in the model
-    "colour": BUDGET + ["model.greyscale=false"],  # greyscale LFW and colour CelebA as they come
-    "balanced": BUDGET + ["data.source_weights=[1,1]"],  # half of each batch LFW (default: by identities)
-    "aux_head": BUDGET + ["loss.aux_weight=1.0"],  # + a CosFace head over the training identities
+    "original": BASE + ablation.ORIGINAL + ["model.greyscale=false", "train.epochs=8"],
+    "base": BASE,  # lfw-cpu's choices, every face grey in the model, each identity with 2+ images alike
+    "colour": BASE + ["model.greyscale=false"],  # greyscale LFW and colour CelebA as they come
+    # half of each batch LFW: what the preset now does by default (data.source_balance=sources)
+    "balanced": BASE + ["data.source_weights=[1,1]"],
+    "aux_head": BASE + ["loss.aux_weight=1.0"],  # + a CosFace head over the training identities
     # the same head a tenth as loud: its loss starts near 20, the triplet loss near 0.15
-    "aux_light": BUDGET + ["loss.aux_weight=0.1"],
+    "aux_light": BASE + ["loss.aux_weight=0.1"],
     # capacity and resolution, each at the preset's wall time (CAPACITY_ROWS, below): fewer epochs
-    "wide": BUDGET + ["model.width=1.5", "train.epochs=6"],  # 1.5x the channels
-    "p64": BUDGET + ["data.batch_size=256", "train.epochs=7"],  # 64 identities per batch instead of 32
-    "res96": BUDGET + ["model.image_size=[96,96]", "train.epochs=6"],  # resolution
-    "memory_bank": BUDGET + ["loss.memory_bank_size=1024", "loss.memory_bank_start_step=300"],
+    "wide": BASE + ["model.width=1.5", "train.epochs=6"],  # 1.5x the channels
+    "p64": BASE + ["data.batch_size=256", "train.epochs=7"],  # 64 identities per batch instead of 32
+    "res96": BASE + ["model.image_size=[96,96]", "train.epochs=6"],  # resolution
+    "memory_bank": BASE + ["loss.memory_bank_size=1024", "loss.memory_bank_start_step=300"],
     # low resolution: drop the crops whose face was under 80 px in its photo (57 % of celeba-dev's,
     # none of lfw-dev's)
-    "hires": BUDGET + ["data.min_face_size=80"],
-    "hard_later": BUDGET + ["loss.hard_from=0.5"],  # the mining schedule: semi-hard, then batch-hard
+    "hires": BASE + ["data.min_face_size=80"],
+    "hard_later": BASE + ["loss.hard_from=0.5"],  # the mining schedule: semi-hard, then batch-hard
     # the memory bank in the XBM paper's own (contrastive pair) form
-    "xbm_contrastive": BUDGET + ["loss.name=contrastive", "loss.memory_bank_size=1024",
-                                 "loss.memory_bank_start_step=300"],
+    "xbm_contrastive": BASE + ["loss.name=contrastive", "loss.memory_bank_size=1024",
+                               "loss.memory_bank_start_step=300"],
 }
 # The rows that cost more per training step than the preset: at the recipe's hour they get fewer
 # epochs, ``equal_time_epochs`` of their measured step time (``--step-costs``), not BUDGET's 14.
-CAPACITY_ROWS = ("faces-cpu", "original", "wide", "p64", "res96")
+CAPACITY_ROWS = ("base", "original", "wide", "p64", "res96")
 # Their epochs above are ``--step-costs``' "epochs at equal wall time", measured 2026-12-07 on an idle
-# 2-core AMD EPYC (AVX-512; load 1.9, the run itself): step 0.867 s for the preset; original 1.68x,
+# 2-core AMD EPYC (AVX-512; load 1.9, the run itself): step 0.867 s for the base; original 1.68x,
 # wide 2.07x, p64 1.94x, res96 2.23x (docs/RECIPE.md).
 STEP_COST_IDENTITIES = 600  # identities (2+ crops) of each source the step timing samples from
 CELEBA_HOLDOUT = 200  # CelebA identities (with 2+ crops) never trained on: the in-domain check
@@ -239,9 +244,10 @@ def table(rows: list[dict]) -> str:
 
 def row_name(row: dict) -> str:
     """The ablation row a result belongs to (its training overrides), or its overrides in words."""
-    if row.get("preset") == "faces-cpu":
+    if row.get("preset") == "faces-cpu":  # the table's runs: a row's changes, or (before BASE) its BUDGET ones
+        legacy = {"base": BUDGET} | {n: BUDGET + c[len(BASE):] for n, c in ROWS.items() if c[:len(BASE)] == BASE}
         for name, changes in ROWS.items():
-            if row["set"] == changes:
+            if row["set"] == changes or row["set"] == legacy.get(name):
                 return name
     return f"{row.get('preset')} {' '.join(row['set'])}".strip()
 
@@ -255,7 +261,7 @@ def ablation_table(files: list[Path]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in found:
         name = row_name(r)
-        change = " ".join(c for c in r["set"] if c not in BUDGET) or "—"
+        change = " ".join(c for c in r["set"] if c not in BASE) or "—"
         lines.append(f"| `{name}` (fold {r['fold']}) | {change} | {r['accuracy']:.3f} ± {r['accuracy_sd'] or 0:.3f} | "
                      f"{r['auc']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r['train_s'] / 60:.1f} |")
     return "\n".join(lines)
@@ -300,7 +306,7 @@ def main(argv=None) -> int:
     if args.step_costs:
         costs = step_costs(args.preset, CAPACITY_ROWS, lfw, celeba, steps=args.steps,
                            log=lambda m: print(m, file=sys.stderr))
-        common.print_table(["row", "model", "batch", "step s", "img/s", "step cost vs faces-cpu", "epochs",
+        common.print_table(["row", "model", "batch", "step s", "img/s", "step cost vs base", "epochs",
                             "epochs at equal wall time"],
                            [[c["row"], c["config"], c["batch"], f"{c['step_s']:.3f}", f"{c['img_s']:.1f}",
                              f"{c['ratio']:.2f}", c["epochs"], c["epochs_at_equal_time"]] for c in costs])

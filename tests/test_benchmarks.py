@@ -185,24 +185,30 @@ def test_faces_recipe_folds_holdout_and_table(tmp_path):
 
 
 def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
-    """Every ablation row loads as a valid config that differs from the budgeted preset in the one
-    key it names, and --ablation lists each result under its row name."""
+    """Every ablation row loads as a valid config that differs from the table's base in the one key it
+    names, and --ablation lists each result under its row name, the runs made before BASE included."""
     import faces_recipe
 
     from tripletface.config import load_config
 
-    base = load_config(preset="faces-cpu", overrides=faces_recipe.BUDGET).to_dict()
+    base = load_config(preset="faces-cpu", overrides=faces_recipe.BASE).to_dict()
+    assert load_config(preset="faces-cpu").data.source_balance == "sources"  # the preset: the `balanced` row
+    assert base["data"]["source_balance"] == "identities"
     flat = lambda d: {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}  # noqa: E731
     for name, changes in faces_recipe.ROWS.items():
-        assert changes[:len(faces_recipe.BUDGET)] == faces_recipe.BUDGET, name
+        assert changes[:len(faces_recipe.BASE)] == faces_recipe.BASE, name
         cfg = flat(load_config(preset="faces-cpu", overrides=changes).to_dict())
         differ = {k for k, v in cfg.items() if flat(base)[k] != v}
-        assert differ == {c.split("=", 1)[0] for c in changes[len(faces_recipe.BUDGET):]}, name
+        assert differ == {c.split("=", 1)[0] for c in changes[len(faces_recipe.BASE):]}, name
     row = {"fold": 1, "preset": "faces-cpu", "set": faces_recipe.ROWS["aux_head"], "accuracy": 0.9, "accuracy_sd": 0.01,
            "auc": 0.95, "celeba_accuracy": 0.8, "celeba_auc": 0.85, "train_s": 60}
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     text = faces_recipe.ablation_table([tmp_path / "results.jsonl"])
     assert "| `aux_head` (fold 1) | loss.aux_weight=1.0 | 0.900 ± 0.010 | 0.950 |" in text
+    for name, legacy in (("base", ["train.epochs=14"]), ("balanced", ["train.epochs=14", "data.source_weights=[1,1]"]),
+                         ("colour", ["train.epochs=14", "model.greyscale=false"])):  # as they ran before BASE
+        assert faces_recipe.row_name({**row, "set": legacy}) == name
+    assert faces_recipe.row_name({**row, "set": ["train.epochs=3"]}) == "faces-cpu train.epochs=3"
 
 
 def test_faces_recipe_final_trains_on_everything_and_tabulates_the_sources(tmp_path, monkeypatch):
@@ -246,21 +252,21 @@ def test_faces_recipe_step_costs_give_capacity_rows_the_preset_wall_time(tmp_pat
                 (tmp_path / src / f"{src}_{i}").mkdir(parents=True, exist_ok=True)
                 (tmp_path / src / f"{src}_{i}" / f"{j}.png").write_bytes(b"x")
     monkeypatch.setattr(faces_recipe, "STEP_COST_IDENTITIES", 3)
-    step = {"faces-cpu": 0.5, "wide": 1.0, "res96": 0.75}
+    step = {"base": 0.5, "wide": 1.0, "res96": 0.75}
     seen = []
 
     def fake_measure(cfg, index, steps, rounds, log):
-        name = {1.5: "wide"}.get(cfg.model.width) or ("res96" if tuple(cfg.model.image_size) == (96, 96) else "faces-cpu")
+        name = {1.5: "wide"}.get(cfg.model.width) or ("res96" if tuple(cfg.model.image_size) == (96, 96) else "base")
         seen.append((name, index.num_identities, sorted(set(index.source_ids()))))
         return {"step_s": {"real": [step[name]] * 3}, "real_img_s": 128 / step[name], "batch": 128, "config": name}
 
     monkeypatch.setattr(bench_train, "measure", fake_measure)
-    costs = faces_recipe.step_costs("faces-cpu", ["faces-cpu", "wide", "res96"], tmp_path / "lfw112",
+    costs = faces_recipe.step_costs("faces-cpu", ["base", "wide", "res96"], tmp_path / "lfw112",
                                     tmp_path / "celeba112")
-    assert [c["row"] for c in costs] == ["faces-cpu", "wide", "res96"]
+    assert [c["row"] for c in costs] == ["base", "wide", "res96"]
     assert [c["epochs_at_equal_time"] for c in costs] == [14, 7, 9]
     assert [c["ratio"] for c in costs] == [1.0, 2.0, 1.5]
-    assert seen == [(n, 6, [0, 1]) for n in ("faces-cpu", "wide", "res96")]  # 3 identities of each source
+    assert seen == [(n, 6, [0, 1]) for n in ("base", "wide", "res96")]  # 3 identities of each source
     assert set(faces_recipe.CAPACITY_ROWS) <= set(faces_recipe.ROWS)
 
 

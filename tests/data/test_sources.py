@@ -111,6 +111,28 @@ def test_source_weights_default_to_identities_and_steer_pk_sampling(two_sources)
     assert 0.6 < share < 0.78, share
 
 
+def test_source_balance_sources_gives_each_folder_an_equal_share(two_sources):
+    """data.source_balance=sources (faces-cpu's): every source with 2+-image identities gets the same
+    share however many folders and identities each has; a source without such identities gets none;
+    explicit data.source_weights still win."""
+    index = index_folders(list(two_sources))
+    np.testing.assert_allclose(source_weights(index, (), "sources"), [0.5, 0.5])
+    weights = identity_weights(index, (), "sources")
+    src = index.source_ids()[index.anchor_identities()]
+    np.testing.assert_allclose([weights[src == 0].sum(), weights[src == 1].sum()], [0.5, 0.5])
+    np.testing.assert_allclose(weights[src == 0], 0.5 / 6)  # 6 identities share x's half, 12 share y's
+    np.testing.assert_allclose(source_weights(index, [3.0, 1.0], "sources"), [0.75, 0.25])
+    only_x = index.subset(np.flatnonzero(index.source_ids() == 0))  # y's identities all excluded
+    assert only_x.num_sources == 2
+    np.testing.assert_allclose(source_weights(only_x, (), "sources"), [1.0, 0.0])
+    with pytest.raises(InputError, match="data.source_balance must be one of identities, sources"):
+        source_weights(index, (), "folders")
+    with pytest.raises(ConfigError, match="data.source_balance"):
+        load_config(overrides=["data.source_balance=folders"])
+    assert load_config(preset="faces-cpu").data.source_balance == "sources"
+    assert load_config(preset="lfw-cpu").data.source_balance == "identities"
+
+
 def test_train_dirs_from_repeated_set_and_yaml(tmp_path):
     cfg = load_config(overrides=["TRAIN_DIR=a", "TRAIN_DIR=b"])
     assert cfg.data.dirs == ("a", "b")

@@ -10,7 +10,7 @@ are exactly these. A cheap implementing module gives its list to the schema dire
 (``training.distribute.STRATEGIES``).
 """
 
-__all__ = ["DETECTOR_NAMES", "TEMPLATE_NAMES", "IMAGE_FORMATS", "DATA_SOURCES", "SAMPLINGS", "BACKBONES",
+__all__ = ["DETECTOR_NAMES", "TEMPLATE_NAMES", "IMAGE_FORMATS", "DATA_SOURCES", "SAMPLINGS", "SOURCE_BALANCES", "BACKBONES",
            "MININGS", "LOSS_NAMES", "DISTANCE_NAMES", "OPTIMIZERS", "LR_SCHEDULES", "PRECISIONS",
            "GALLERY_INDEXES"]
 
@@ -19,6 +19,9 @@ TEMPLATE_NAMES = ("arcface", "box")  # crop.template: faces.align.TEMPLATES, and
 IMAGE_FORMATS = ("png", "jpg")  # crop.image_format
 DATA_SOURCES = ("folder", "synthetic")  # data.source
 SAMPLINGS = ("pk", "triplets", "triplets_file")  # data.sampling
+# data.source_balance: without data.source_weights, each identity with 2+ images equally likely, or
+# each source an equal share of the batch (data.index.source_weights)
+SOURCE_BALANCES = ("identities", "sources")
 BACKBONES = ("resnet50", "efficientnet", "mobilenet", "small_cnn")  # model.backbone: model.build
 MININGS = ("batch_all", "batch_hard", "semi_hard")  # the online miners: losses.miners.MINERS
 # loss.name values: explicit triplets, an online miner, or XBM's contrastive pair loss (losses.get_loss)

@@ -25,6 +25,7 @@ from tripletface.config.choice_lists import (
     OPTIMIZERS,
     PRECISIONS,
     SAMPLINGS,
+    SOURCE_BALANCES,
     TEMPLATE_NAMES,
 )
 from tripletface.config.sections import field_type, is_str_tuple, section_classes
@@ -156,7 +157,9 @@ SCHEMA: dict[str, Rule] = {
     "data.max_pose": Rule(0, note="(0 = off)"),
     "data.min_face_size": Rule(0, note="(pixels in the original photo; 0 = off)"),
     "data.train_dirs": Rule(length=(0, None), note="(crop folders; empty = data.train_dir)"),
-    "data.source_weights": Rule(0, length=(0, None), note="(one per data.train_dirs entry; empty = by identities)"),
+    "data.source_weights": Rule(0, length=(0, None),
+                                note="(one per data.train_dirs entry; empty = data.source_balance)"),
+    "data.source_balance": _choice(*SOURCE_BALANCES),
     "data.source_terms": Rule(length=(0, None), note="(one per data.train_dirs entry)"),
     "augment.rotation": Rule(0, 180, note="(degrees)"),
     "augment.brightness": Rule(0, 1),

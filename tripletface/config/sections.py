@@ -63,7 +63,10 @@ class DataConfig:
     # several crop folders trained on at once (when given, instead of train_dir): each is a source,
     # its identities namespaced by the folder's name (dataset.index_folders)
     train_dirs: typing.Tuple[str, ...] = ()
-    source_weights: tuple = ()  # P×K sampling weight per source; () = its number of identities with 2+ images
+    source_weights: tuple = ()  # P×K sampling weight per source; () = as data.source_balance says
+    # without source_weights: "identities" weighs each source by its identities with 2+ images (each such
+    # identity equally likely, the single-folder behaviour), "sources" gives every source an equal share
+    source_balance: str = "identities"  # choice_lists.SOURCE_BALANCES
     source_terms: typing.Tuple[str, ...] = ()  # terms of use per source, stored in the model; () = looked up
     allow_missing_exclusions: bool = False  # names in exclude_identities that match no identity are an error
 

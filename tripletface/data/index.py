@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tripletface.config.choice_lists import SOURCE_BALANCES
 from tripletface.data import decode as _imageio
 from tripletface.errors import InputError
 
@@ -303,17 +304,21 @@ def split_by_identity(index: FaceIndex, val_fraction: float, seed: int) -> tuple
     return index.subset(train), index.subset(val)
 
 
-def source_weights(index: FaceIndex, weights: typing.Sequence[float] = ()) -> np.ndarray:
+def source_weights(index: FaceIndex, weights: typing.Sequence[float] = (), balance: str = "identities") -> np.ndarray:
     """The sampling weight of each source, normalised to sum 1.
 
-    ``weights`` (``data.source_weights``, one per source) or, when empty, each source's
-    number of identities with 2+ images, which makes every such identity equally likely
-    whatever its source (the single-folder behaviour).
+    ``weights`` (``data.source_weights``, one per source) or, when empty, as ``balance``
+    (``data.source_balance``) says: ``"identities"`` weighs each source by its number of identities
+    with 2+ images, which makes every such identity equally likely whatever its source (the
+    single-folder behaviour); ``"sources"`` gives each source with such identities an equal share,
+    however many folders there are.
     """
     n = index.num_sources
     counts = np.array([row["identities_2plus"] for row in index.source_summary()], np.float64)
     if len(weights) == 0:
-        w = counts
+        if balance not in SOURCE_BALANCES:
+            raise InputError(f"data.source_balance must be one of {', '.join(SOURCE_BALANCES)}, received: {balance!r}")
+        w = counts if balance == "identities" else (counts > 0).astype(np.float64)
     else:
         if len(weights) != n:
             raise InputError(f"data.source_weights has {len(weights)} weights for {n} training folders; "
@@ -327,13 +332,13 @@ def source_weights(index: FaceIndex, weights: typing.Sequence[float] = ()) -> np
     return w / w.sum()
 
 
-def identity_weights(index: FaceIndex, weights: typing.Sequence[float] = ()) -> np.ndarray:
+def identity_weights(index: FaceIndex, weights: typing.Sequence[float] = (), balance: str = "identities") -> np.ndarray:
     """Per identity with 2+ images (:meth:`FaceIndex.anchor_identities` order), the probability
     that P×K sampling's first draw picks it: its source's weight shared equally among the
     source's identities with 2+ images."""
     anchors = index.anchor_identities()
     src = index.source_ids()[anchors]
-    w = source_weights(index, weights)
+    w = source_weights(index, weights, balance)
     per_source = np.bincount(src, minlength=index.num_sources).astype(np.float64)
     p = w[src] / np.maximum(per_source[src], 1.0)
     return p / p.sum()

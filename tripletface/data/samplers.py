@@ -237,7 +237,7 @@ def build_train_dataset(cfg: "Config", index: FaceIndex | None = None):
     if index is None:
         index = index_folders(data.dirs)
     if data.sampling == "pk":
-        weights = identity_weights(index, data.source_weights) if index.num_sources > 1 else None
+        weights = identity_weights(index, data.source_weights, data.source_balance) if index.num_sources > 1 else None
         return make_pk_dataset(index, data.p, data.k, size, cfg.augment, data.seed, cache=data.cache,
                                singletons=data.singletons, weights=weights)
     if data.sampling == "triplets":

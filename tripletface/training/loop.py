@@ -195,7 +195,7 @@ def _training_data(cfg, data_cfg):
     sources = source_records(cfg, index, dirs)
     train_index, val_index = split_by_identity(index, cfg.data.val_fraction, seed=cfg.data.seed)
     if index.num_sources > 1:
-        share = source_weights(train_index, cfg.data.source_weights)
+        share = source_weights(train_index, cfg.data.source_weights, cfg.data.source_balance)
         for rec, w in zip(sources, share):
             rec["sampling_share"] = round(float(w), 4)
             print(f"data: source {rec['name']}: {rec['images']} images of {rec['identities']} identities "
