@@ -131,6 +131,16 @@ def test_source_balance_sources_gives_each_folder_an_equal_share(two_sources):
         load_config(overrides=["data.source_balance=folders"])
     assert load_config(preset="faces-cpu").data.source_balance == "sources"
     assert load_config(preset="lfw-cpu").data.source_balance == "identities"
+    # what training logs and records: P×K follows the balance; random triplets draw identities alike
+    from tripletface.training.sources import sampling_shares
+
+    shares, where = sampling_shares(load_config(preset="faces-cpu").data, index)
+    np.testing.assert_allclose(shares, [0.5, 0.5])
+    assert where == "of each P×K batch"
+    triplets = load_config(preset="faces-cpu", overrides=["data.sampling=triplets", "loss.name=triplet"])
+    shares, where = sampling_shares(triplets.data, index)
+    np.testing.assert_allclose(shares, [6 / 18, 12 / 18])
+    assert where == "of the anchors (triplets: every identity alike)"
 
 
 def test_train_dirs_from_repeated_set_and_yaml(tmp_path):

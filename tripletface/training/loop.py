@@ -29,7 +29,7 @@ from tripletface.training.checkpoints import (ResumeState, check_state_signature
                                               disk_full_error, state_signature)
 from tripletface.training.precision import resolve_precision
 from tripletface.training.sources import (common_alignment, folder_alignment, quality_filter, read_names,
-                                          source_records)
+                                          sampling_shares, source_records)
 from tripletface.training.trainer import build_embedder, build_trainer
 from tripletface.training.validation import prepare_validation, validate, validation_pairs
 
@@ -174,7 +174,7 @@ def _training_data(cfg, data_cfg):
     from tripletface.data import samplers  # build_train_dataset by the module: tests spy on it there
     from tripletface.data.filters import exclude_identities
     from tripletface.data.images import check_images
-    from tripletface.data.index import index_folders, source_weights, split_by_identity
+    from tripletface.data.index import index_folders, split_by_identity
 
     val = None
     sources: list = []
@@ -195,11 +195,11 @@ def _training_data(cfg, data_cfg):
     sources = source_records(cfg, index, dirs)
     train_index, val_index = split_by_identity(index, cfg.data.val_fraction, seed=cfg.data.seed)
     if index.num_sources > 1:
-        share = source_weights(train_index, cfg.data.source_weights, cfg.data.source_balance)
+        share, where = sampling_shares(cfg.data, train_index)
         for rec, w in zip(sources, share):
             rec["sampling_share"] = round(float(w), 4)
             print(f"data: source {rec['name']}: {rec['images']} images of {rec['identities']} identities "
-                  f"({rec['identities_2plus']} with 2+), {100 * w:.1f}% of each P×K batch; "
+                  f"({rec['identities_2plus']} with 2+), {100 * w:.1f}% {where}; "
                   f"terms: {rec['terms']}", file=sys.stderr)
         label_source = train_index.source_ids()
     n_classes = train_index.num_identities

@@ -1,6 +1,6 @@
 """The training folders as sources: each one's record for the model file (counts, terms of use),
-the crop alignment they share, the quality filter by crop's manifest, and the identity exclusion
-list."""
+the share of the batches each gets, the crop alignment they share, the quality filter by crop's
+manifest, and the identity exclusion list."""
 
 from __future__ import annotations
 
@@ -74,6 +74,18 @@ def source_records(cfg, index, dirs: list[Path]) -> list[dict]:
         terms = cfg.data.source_terms[i] if cfg.data.source_terms else source_terms(d)
         out.append({**row, "path": str(d), "terms": terms})
     return out
+
+
+def sampling_shares(data_cfg, train_index):
+    """``(shares, where)``: each source's share of what training draws, and of what, for the log and
+    the model file. ``data.source_weights`` / ``data.source_balance`` steer P×K batches only; random
+    triplets draw their anchor among all identities with 2+ images alike, so their share is by
+    identities, whatever those keys say."""
+    from tripletface.data.index import source_weights
+
+    if data_cfg.sampling == "pk":
+        return source_weights(train_index, data_cfg.source_weights, data_cfg.source_balance), "of each P×K batch"
+    return source_weights(train_index), f"of the anchors ({data_cfg.sampling}: every identity alike)"
 
 
 def common_alignment(cfg, dirs: list[Path]) -> dict:
