@@ -45,7 +45,7 @@ BUDGET = ["train.epochs=14"]
 BASE = BUDGET + ["data.source_balance=identities"]
 ROWS = {
     # the original design on this data (colour ResNet50, random triplets, standard triplet loss,
-    # ±10° rotation: benchmarks/ablation.py's ORIGINAL): 1.68x the preset's step time (CAPACITY_ROWS)
+    # ±10° rotation: benchmarks/ablation.py's ORIGINAL): 1.68x the base's step time (CAPACITY_ROWS)
     "original": BASE + ablation.ORIGINAL + ["model.greyscale=false", "train.epochs=8"],
     "base": BASE,  # lfw-cpu's choices, every face grey in the model, each identity with 2+ images alike
     "colour": BASE + ["model.greyscale=false"],  # greyscale LFW and colour CelebA as they come
@@ -54,7 +54,7 @@ ROWS = {
     "aux_head": BASE + ["loss.aux_weight=1.0"],  # + a CosFace head over the training identities
     # the same head a tenth as loud: its loss starts near 20, the triplet loss near 0.15
     "aux_light": BASE + ["loss.aux_weight=0.1"],
-    # capacity and resolution, each at the preset's wall time (CAPACITY_ROWS, below): fewer epochs
+    # capacity and resolution, each at the base's wall time (CAPACITY_ROWS, below): fewer epochs
     "wide": BASE + ["model.width=1.5", "train.epochs=6"],  # 1.5x the channels
     "p64": BASE + ["data.batch_size=256", "train.epochs=7"],  # 64 identities per batch instead of 32
     "res96": BASE + ["model.image_size=[96,96]", "train.epochs=6"],  # resolution
@@ -67,7 +67,7 @@ ROWS = {
     "xbm_contrastive": BASE + ["loss.name=contrastive", "loss.memory_bank_size=1024",
                                "loss.memory_bank_start_step=300"],
 }
-# The rows that cost more per training step than the preset: at the recipe's hour they get fewer
+# The rows that cost more per training step than the base: at the recipe's hour they get fewer
 # epochs, ``equal_time_epochs`` of their measured step time (``--step-costs``), not BUDGET's 14.
 CAPACITY_ROWS = ("base", "original", "wide", "p64", "res96")
 # Their epochs above are ``--step-costs``' "epochs at equal wall time", measured 2026-12-07 on an idle
