@@ -37,3 +37,28 @@ def test_quality_filter_drops_blurred_and_turned_crops_by_the_manifest(tmp_path)
     kept, dropped = quality_filter(index, rows, tmp_path, min_face_size=80)
     assert dropped == 2 and kept.names == ("a", "c") and paths[1] not in kept.paths
     assert [kept.names[i] for i in kept.labels] == ["a", "a", "c", "c", "c"]
+
+
+def test_training_quality_filter_names_its_folder_and_only_the_rules_that_are_on(tmp_path, capsys):
+    """What training prints for a folder's quality filter: the crops dropped from that folder, the
+    rules in force (not the ones at 0, which are off) and the crops of all folders it filtered."""
+    import json
+
+    from tripletface.config import load_config
+    from tripletface.training.sources import quality_filter as training_filter
+
+    sizes = {"a": [120, 60, 120], "b": [40, 95, 80]}
+    rows, paths, labels = [], [], []
+    for label, (name, faces) in enumerate(sorted(sizes.items())):
+        for j, size in enumerate(faces):
+            rows.append({"source": f"{name}/{j}.jpg", "status": "ok", "output": f"{name}/{j}.png", "blur": 100,
+                         "pose": 0.0, "face_size": size})
+            paths.append(str(tmp_path / name / f"{j}.png"))
+            labels.append(label)
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = FaceIndex(tuple(paths), np.array(labels), ("a", "b"))
+    kept = training_filter(load_config(overrides=["data.min_face_size=80"]), index, tmp_path)
+    assert len(kept) == 4
+    err = capsys.readouterr().err
+    assert f"data: quality filter dropped 2 crops of {tmp_path} (face < 80 px), of the 6 crops of every" in err
+    assert "blur" not in err and "pose" not in err

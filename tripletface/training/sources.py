@@ -39,9 +39,11 @@ def quality_filter(cfg, index, train_dir: Path):
                          "that `tripletface crop` writes beside its crops")
     kept, dropped = filters.quality_filter(index, read_manifest(manifest), manifest.parent,
                                      cfg.data.min_blur, cfg.data.max_pose, cfg.data.min_face_size)
-    print(f"data: quality filter dropped {dropped} of {len(index)} crops in {train_dir} "
-          f"(blur < {cfg.data.min_blur:g}, |pose| > {cfg.data.max_pose:g} or face < {cfg.data.min_face_size:g} px;"
-          " 0 = off)", file=sys.stderr)
+    rules = [rule for rule, on in ((f"blur < {cfg.data.min_blur:g}", cfg.data.min_blur > 0),
+                                   (f"|pose| > {cfg.data.max_pose:g}", cfg.data.max_pose > 0),
+                                   (f"face < {cfg.data.min_face_size:g} px", cfg.data.min_face_size > 0)) if on]
+    print(f"data: quality filter dropped {dropped} crops of {train_dir} ({' or '.join(rules)}), of the "
+          f"{len(index)} crops of every training folder", file=sys.stderr)
     return kept
 
 
