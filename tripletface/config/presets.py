@@ -73,7 +73,7 @@ PRESETS["demo"] = {**PRESETS["lfw-cpu"], "train.epochs": 3}
 # and colour CelebA meet in one domain: measured 0.848 against 0.821 for colour at the same budget,
 # issue 12), each source an equal share of every P×K batch (the `balanced` row: 0.868 on fold 1
 # against 0.857 sampling by identities, where LFW was 17.9 % of each batch), and the steps that fit
-# its hour on the 2-core machine, crop included: 14 × 100 steps, 28-45 min of training. Over the five
+# its hour on the 2-core machine, crop included: 14 × 100 steps, 21-45 min of training. Over the five
 # dev folds: 0.860 ± 0.021, against lfw-cpu's 0.851 ± 0.024 on LFW alone. The levers are ranked at
 # this budget in docs/RECIPE.md ("Several datasets").
 PRESETS["faces-cpu"] = {**PRESETS["lfw-cpu"], "model.greyscale": True, "train.epochs": 14,
