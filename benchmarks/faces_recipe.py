@@ -15,7 +15,7 @@ resumes from its checkpoint, so the five hour-long folds can be spread over sess
     python benchmarks/faces_recipe.py --row aux_head             # one ablation row (ROWS), fold 1
     python benchmarks/faces_recipe.py --ablation                 # the ablation table of the rows run
     python benchmarks/faces_recipe.py --final                    # the default model: all of both sets
-    python benchmarks/faces_recipe.py --step-costs               # each capacity row's step time, side by side
+    python benchmarks/faces_recipe.py --step-costs [ROW ...]     # capacity rows' step times against the base, side by side
 
 The data: ``--data`` (default ``$TRIPLETFACE_DATA`` or ../shared/data) holding lfw-dev/,
 lfw-dev-pairs.txt and celeba-dev/.
@@ -58,6 +58,9 @@ ROWS = {
     "wide": BASE + ["model.width=1.5", "train.epochs=6"],  # 1.5x the channels
     "p64": BASE + ["data.batch_size=256", "train.epochs=7"],  # 64 identities per batch instead of 32
     "res96": BASE + ["model.image_size=[96,96]", "train.epochs=6"],  # resolution
+    # the other way: cheaper steps, so more of them in the same wall time
+    "narrow": BASE + ["model.width=0.75"],  # 0.75x the channels
+    "res48": BASE + ["model.image_size=[48,48]"],  # 48 px input instead of 64
     "memory_bank": BASE + ["loss.memory_bank_size=1024", "loss.memory_bank_start_step=300"],
     # low resolution: drop the crops whose face was under 80 px in its photo (57 % of celeba-dev's,
     # none of lfw-dev's)
@@ -69,7 +72,7 @@ ROWS = {
 }
 # The rows that cost more per training step than the base: at the recipe's hour they get fewer
 # epochs, ``equal_time_epochs`` of their measured step time (``--step-costs``), not BUDGET's 14.
-CAPACITY_ROWS = ("base", "original", "wide", "p64", "res96")
+CAPACITY_ROWS = ("base", "original", "wide", "p64", "res96", "narrow", "res48")
 # Their epochs above are ``--step-costs``' "epochs at equal wall time", measured 2026-12-07 on an idle
 # 2-core AMD EPYC (AVX-512; load 1.9, the run itself): step 0.867 s for the base; original 1.68x,
 # wide 2.07x, p64 1.94x, res96 2.23x (docs/RECIPE.md).
@@ -281,9 +284,9 @@ def main(argv=None) -> int:
                         help="print the ablation table of the rows in runs/faces/* (and these folders) and stop")
     parser.add_argument("--final", action="store_true",
                         help="train the default model on all of both sets into OUT/final and print its card's facts")
-    parser.add_argument("--step-costs", action="store_true",
-                        help="time each capacity row's training step against the preset's, side by side, and "
-                             "print the epochs each fits in the preset's wall time")
+    parser.add_argument("--step-costs", nargs="*", choices=CAPACITY_ROWS[1:], metavar="ROW",
+                        help="time each capacity row's training step (or these rows') against the base's, side by "
+                             "side, and print the epochs each fits in the base's wall time")
     parser.add_argument("--steps", type=int, default=4, help="--step-costs: timed steps per block (default 4)")
     args = parser.parse_args(argv)
     if args.ablation is not None:
@@ -303,8 +306,8 @@ def main(argv=None) -> int:
     crop_s = crop_all(args.data, args.crops, log)
     print(f"crop: {crop_s}", file=sys.stderr)
     lfw, celeba = args.crops / "lfw112", args.crops / "celeba112"
-    if args.step_costs:
-        costs = step_costs(args.preset, CAPACITY_ROWS, lfw, celeba, steps=args.steps,
+    if args.step_costs is not None:
+        costs = step_costs(args.preset, ("base", *(args.step_costs or CAPACITY_ROWS[1:])), lfw, celeba, steps=args.steps,
                            log=lambda m: print(m, file=sys.stderr))
         common.print_table(["row", "model", "batch", "step s", "img/s", "step cost vs base", "epochs",
                             "epochs at equal wall time"],

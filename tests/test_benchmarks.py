@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -268,6 +269,26 @@ def test_faces_recipe_step_costs_give_capacity_rows_the_preset_wall_time(tmp_pat
     assert [c["ratio"] for c in costs] == [1.0, 2.0, 1.5]
     assert seen == [(n, 6, [0, 1]) for n in ("base", "wide", "res96")]  # 3 identities of each source
     assert set(faces_recipe.CAPACITY_ROWS) <= set(faces_recipe.ROWS)
+    assert faces_recipe.equal_time_epochs(14, 1.0, 0.7) == 20  # a cheaper row gets more epochs
+
+
+def test_faces_recipe_step_costs_times_the_base_and_the_rows_named(tmp_path, monkeypatch, capsys):
+    """``--step-costs ROW ...`` times the base and just those rows (all capacity rows without names);
+    a name that is not a capacity row is refused by argparse."""
+    import faces_recipe
+
+    asked = []
+    monkeypatch.setattr(faces_recipe, "crop_all", lambda data, out, log: {})
+    monkeypatch.setattr(faces_recipe, "step_costs", lambda preset, rows, lfw, celeba, steps, log: asked.append(rows) or [
+        {"row": r, "config": r, "batch": 128, "step_s": 1.0, "img_s": 128.0, "ratio": 1.0, "epochs": 14,
+         "epochs_at_equal_time": 14} for r in rows])
+    out = ["--out", str(tmp_path / "o"), "--crops", str(tmp_path)]
+    assert faces_recipe.main(["--step-costs", "narrow", "res48", *out]) == 0
+    assert faces_recipe.main(["--step-costs", *out]) == 0
+    assert asked == [("base", "narrow", "res48"), ("base", *faces_recipe.CAPACITY_ROWS[1:])]
+    assert re.search(r"\| narrow +\| narrow +\| 128 +\|", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        faces_recipe.main(["--step-costs", "aux_head", *out])
 
 
 def test_bench_train_measures_explicit_triplet_steps(tmp_path):
