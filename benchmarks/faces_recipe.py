@@ -59,8 +59,8 @@ ROWS = {
     "p64": BASE + ["data.batch_size=256", "train.epochs=7"],  # 64 identities per batch instead of 32
     "res96": BASE + ["model.image_size=[96,96]", "train.epochs=6"],  # resolution
     # the other way: cheaper steps, so more of them in the same wall time
-    "narrow": BASE + ["model.width=0.75"],  # 0.75x the channels
-    "res48": BASE + ["model.image_size=[48,48]"],  # 48 px input instead of 64
+    "narrow": BASE + ["model.width=0.75", "train.epochs=21"],  # 0.75x the channels
+    "res48": BASE + ["model.image_size=[48,48]", "train.epochs=24"],  # 48 px input instead of 64
     "memory_bank": BASE + ["loss.memory_bank_size=1024", "loss.memory_bank_start_step=300"],
     # low resolution: drop the crops whose face was under 80 px in its photo (57 % of celeba-dev's,
     # none of lfw-dev's)
@@ -75,7 +75,8 @@ ROWS = {
 CAPACITY_ROWS = ("base", "original", "wide", "p64", "res96", "narrow", "res48")
 # Their epochs above are ``--step-costs``' "epochs at equal wall time", measured 2026-12-07 on an idle
 # 2-core AMD EPYC (AVX-512; load 1.9, the run itself): step 0.867 s for the base; original 1.68x,
-# wide 2.07x, p64 1.94x, res96 2.23x (docs/RECIPE.md).
+# wide 2.07x, p64 1.94x, res96 2.23x; the same day, idle, ``--step-costs narrow res48``: base 0.850 s,
+# narrow 0.65x, res48 0.57x (docs/RECIPE.md).
 STEP_COST_IDENTITIES = 600  # identities (2+ crops) of each source the step timing samples from
 CELEBA_HOLDOUT = 200  # CelebA identities (with 2+ crops) never trained on: the in-domain check
 CELEBA_PAIRS = 1000
