@@ -15,7 +15,7 @@ resumes from its checkpoint, so the five hour-long folds can be spread over sess
     python benchmarks/faces_recipe.py --row aux_head             # one ablation row (ROWS), fold 1
     python benchmarks/faces_recipe.py --ablation                 # the ablation table of the rows run
     python benchmarks/faces_recipe.py --final                    # the default model: all of both sets
-    python benchmarks/faces_recipe.py --step-costs [ROW ...]     # capacity rows' step times against the base, side by side
+    python benchmarks/faces_recipe.py --step-costs [ROW ...]     # capacity rows' step times beside the base's
 
 The data: ``--data`` (default ``$TRIPLETFACE_DATA`` or ../shared/data) holding lfw-dev/,
 lfw-dev-pairs.txt and celeba-dev/.
@@ -70,8 +70,8 @@ ROWS = {
     "xbm_contrastive": BASE + ["loss.name=contrastive", "loss.memory_bank_size=1024",
                                "loss.memory_bank_start_step=300"],
 }
-# The rows that cost more per training step than the base: at the recipe's hour they get fewer
-# epochs, ``equal_time_epochs`` of their measured step time (``--step-costs``), not BUDGET's 14.
+# The rows whose training step costs more or less than the base's: at the recipe's hour they get fewer
+# or more epochs, ``equal_time_epochs`` of their measured step time (``--step-costs``), not BUDGET's 14.
 CAPACITY_ROWS = ("base", "original", "wide", "p64", "res96", "narrow", "res48")
 # Their epochs above are ``--step-costs``' "epochs at equal wall time", measured 2026-12-07 on an idle
 # 2-core AMD EPYC (AVX-512; load 1.9, the run itself): step 0.867 s for the base; original 1.68x,
@@ -308,8 +308,8 @@ def main(argv=None) -> int:
     print(f"crop: {crop_s}", file=sys.stderr)
     lfw, celeba = args.crops / "lfw112", args.crops / "celeba112"
     if args.step_costs is not None:
-        costs = step_costs(args.preset, ("base", *(args.step_costs or CAPACITY_ROWS[1:])), lfw, celeba, steps=args.steps,
-                           log=lambda m: print(m, file=sys.stderr))
+        timed = ("base", *(args.step_costs or CAPACITY_ROWS[1:]))
+        costs = step_costs(args.preset, timed, lfw, celeba, steps=args.steps, log=lambda m: print(m, file=sys.stderr))
         common.print_table(["row", "model", "batch", "step s", "img/s", "step cost vs base", "epochs",
                             "epochs at equal wall time"],
                            [[c["row"], c["config"], c["batch"], f"{c['step_s']:.3f}", f"{c['img_s']:.1f}",
