@@ -36,13 +36,15 @@ import common  # noqa: E402
 
 # The ablation at this data size (docs/RECIPE.md): each row is BASE with ONE change, at one budget
 # (BUDGET: the steps the recipe fits in its hour on the 2-core machine, crop included), trained with
-# fold 1 held out. BASE is ``--preset faces-cpu`` as the table was begun (2026-12-01): sampling by
-# identities, so 17.9 % of each batch LFW. The preset now balances its sources (the `balanced` row won),
-# and BASE keeps every row of the table one change from the same run. ``python
-# benchmarks/faces_recipe.py --row NAME`` runs one into runs/faces/NAME; ``--ablation`` prints the
-# table of the rows run so far.
+# fold 1 held out. BASE is ``--preset faces-cpu`` as the table was begun (2026-12-01): the full-width
+# small CNN, sampling by identities, so 17.9 % of each batch LFW. The preset has since taken two rows that
+# won (`balanced`, then `narrow`), and BASE pins what they changed, so every row of the table stays one
+# change from the same run. ``python benchmarks/faces_recipe.py --row NAME`` runs one into
+# runs/faces/NAME; ``--ablation`` prints the table of the rows run so far.
 BUDGET = ["train.epochs=14"]
-BASE = BUDGET + ["data.source_balance=identities"]
+BASE = BUDGET + ["model.width=1.0", "data.source_balance=identities"]
+# BASE before the preset took `narrow` (2026-12-07): the rows' results.jsonl made until then name it
+BASE_BEFORE_NARROW = BUDGET + ["data.source_balance=identities"]
 ROWS = {
     # the original design on this data (colour ResNet50, random triplets, standard triplet loss,
     # ±10° rotation: benchmarks/ablation.py's ORIGINAL): 1.68x the base's step time (CAPACITY_ROWS)
@@ -248,10 +250,9 @@ def table(rows: list[dict]) -> str:
 
 def row_name(row: dict) -> str:
     """The ablation row a result belongs to (its training overrides), or its overrides in words."""
-    if row.get("preset") == "faces-cpu":  # the table's runs: a row's changes, or (before BASE) its BUDGET ones
-        legacy = {"base": BUDGET} | {n: BUDGET + c[len(BASE):] for n, c in ROWS.items() if c[:len(BASE)] == BASE}
+    if row.get("preset") == "faces-cpu":  # the table's runs: a row's changes, or those of an earlier BASE
         for name, changes in ROWS.items():
-            if row["set"] == changes or row["set"] == legacy.get(name):
+            if row["set"] in [earlier + changes[len(BASE):] for earlier in (BASE, BASE_BEFORE_NARROW, BUDGET)]:
                 return name
     return f"{row.get('preset')} {' '.join(row['set'])}".strip()
 
@@ -265,7 +266,7 @@ def ablation_table(files: list[Path]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in found:
         name = row_name(r)
-        change = " ".join(c for c in r["set"] if c not in BASE) or "—"
+        change = " ".join(c for c in r["set"] if c not in BASE + BASE_BEFORE_NARROW) or "—"
         lines.append(f"| `{name}` (fold {r['fold']}) | {change} | {r['accuracy']:.3f} ± {r['accuracy_sd'] or 0:.3f} | "
                      f"{r['auc']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r['train_s'] / 60:.1f} |")
     return "\n".join(lines)

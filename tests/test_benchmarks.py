@@ -196,6 +196,9 @@ def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
     assert load_config(preset="faces-cpu").data.source_balance == "sources"  # the preset: the `balanced` row
     assert base["data"]["source_balance"] == "identities"
     flat = lambda d: {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}  # noqa: E731
+    preset = flat(load_config(preset="faces-cpu").to_dict())  # ... and the `narrow` row's model and epochs
+    assert {k: v for k, v in preset.items() if flat(base)[k] != v} == {
+        "data.source_balance": "sources", "model.width": 0.75, "train.epochs": 21}
     for name, changes in faces_recipe.ROWS.items():
         assert changes[:len(faces_recipe.BASE)] == faces_recipe.BASE, name
         cfg = flat(load_config(preset="faces-cpu", overrides=changes).to_dict())
@@ -203,11 +206,14 @@ def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
         assert differ == {c.split("=", 1)[0] for c in changes[len(faces_recipe.BASE):]}, name
     row = {"fold": 1, "preset": "faces-cpu", "set": faces_recipe.ROWS["aux_head"], "accuracy": 0.9, "accuracy_sd": 0.01,
            "auc": 0.95, "celeba_accuracy": 0.8, "celeba_auc": 0.85, "train_s": 60}
-    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    narrow_then = {**row, "set": faces_recipe.BASE_BEFORE_NARROW + ["model.width=0.75", "train.epochs=21"]}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(narrow_then) + "\n")
     text = faces_recipe.ablation_table([tmp_path / "results.jsonl"])
     assert "| `aux_head` (fold 1) | loss.aux_weight=1.0 | 0.900 ± 0.010 | 0.950 |" in text
+    assert "| `narrow` (fold 1) | model.width=0.75 train.epochs=21 | 0.900 ± 0.010 |" in text  # run before BASE pinned the width
     for name, legacy in (("base", ["train.epochs=14"]), ("balanced", ["train.epochs=14", "data.source_weights=[1,1]"]),
-                         ("colour", ["train.epochs=14", "model.greyscale=false"])):  # as they ran before BASE
+                         ("colour", ["train.epochs=14", "model.greyscale=false"]),  # as they ran before BASE
+                         ("narrow", faces_recipe.BASE_BEFORE_NARROW + ["model.width=0.75", "train.epochs=21"])):
         assert faces_recipe.row_name({**row, "set": legacy}) == name
     assert faces_recipe.row_name({**row, "set": ["train.epochs=3"]}) == "faces-cpu train.epochs=3"
 
