@@ -172,8 +172,8 @@ def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> 
 
 
 def final_model(args, lfw: Path, celeba: Path, out: Path, log: Path) -> Path:
-    """The default model's training (model v2): the recipe on every crop of both sets, nothing held
-    out but what training itself holds out to choose the threshold (through the inference path)."""
+    """The bundled default model's training: the recipe on every crop of both sets, nothing held out
+    but what training itself holds out to choose the threshold (through the inference path)."""
     ckpt = out / "final"
     run(tripletface("train", "--quiet", "--preset", args.preset, "--set", f"TRAIN_DIR={lfw}", f"TRAIN_DIR={celeba}",
                     f"CHECKPOINT_DIR={ckpt}", f"TENSORBOARD_LOGDIR={ckpt / 'logs'}", *args.set), log)
