@@ -266,7 +266,7 @@ def ablation_table(files: list[Path]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in found:
         name = row_name(r)
-        change = " ".join(c for c in r["set"] if c not in BASE + BASE_BEFORE_NARROW) or "—"
+        change = " ".join(c for c in r["set"] if c not in BASE) or "—"  # BASE holds every earlier BASE's overrides
         lines.append(f"| `{name}` (fold {r['fold']}) | {change} | {r['accuracy']:.3f} ± {r['accuracy_sd'] or 0:.3f} | "
                      f"{r['auc']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r['train_s'] / 60:.1f} |")
     return "\n".join(lines)
