@@ -168,7 +168,20 @@ def fold_row(fold: int, args, lfw: Path, celeba: Path, out: Path, log: Path) -> 
            "eer": ver.get("eer"), "tar_at_far": ver.get("tar_at_far"), "train_command": " ".join(train[1:]),
            "evaluate_command": " ".join(evaluate[1:]), "loadavg": common.load_average()}
     row.update(score_celeba(ckpt / "model.keras", celeba, out / "celeba_holdout.txt"))
+    row.update(trained_epochs(ckpt / "model.keras"))
     return row
+
+
+def trained_epochs(model: Path) -> dict:
+    """``{'epochs': N}`` the model trained (with ``train.time_budget``, also its plan: the step time
+    measured and the budget's minutes), from its metadata."""
+    from tripletface.model.io import get_metadata, load_model
+
+    meta = get_metadata(load_model(model))
+    out = {"epochs": meta.get("epochs_trained")}
+    if meta.get("time_budget"):
+        out["time_budget"] = meta["time_budget"]
+    return out
 
 
 def final_model(args, lfw: Path, celeba: Path, out: Path, log: Path) -> Path:
@@ -234,17 +247,18 @@ def parse_folds(text: str) -> list[int]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| held-out fold | LFW accuracy | AUC | EER | CelebA hold-out accuracy | AUC | train min |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| held-out fold | LFW accuracy | AUC | EER | CelebA hold-out accuracy | AUC | epochs | train min |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['fold']} | {r['accuracy']:.3f} ± {r['accuracy_sd'] or 0:.3f} | {r['auc']:.3f} | "
-                     f"{r['eer']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r['train_s'] / 60:.1f} |")
+                     f"{r['eer']:.3f} | {r['celeba_accuracy']:.3f} | {r['celeba_auc']:.3f} | {r.get('epochs') or '—'} | "
+                     f"{r['train_s'] / 60:.1f} |")
     if len(rows) > 1:
         acc = [r["accuracy"] for r in rows]
         lines.append(f"| **mean ± sd over folds** | **{statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}** | "
                      f"{statistics.mean(r['auc'] for r in rows):.3f} | {statistics.mean(r['eer'] for r in rows):.3f} | "
                      f"{statistics.mean(r['celeba_accuracy'] for r in rows):.3f} | "
-                     f"{statistics.mean(r['celeba_auc'] for r in rows):.3f} | |")
+                     f"{statistics.mean(r['celeba_auc'] for r in rows):.3f} | | |")
     return "\n".join(lines)
 
 
@@ -324,7 +338,7 @@ def main(argv=None) -> int:
         meta = get_metadata(load_model(path))
         print(sources_table(meta))
         print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB, threshold {meta['threshold']:.4f} "
-              f"({meta['threshold_source']})")
+              f"({meta['threshold_source']}), {meta.get('epochs_trained')} epochs")
         return 0
     for fold in parse_folds(args.folds):
         if any(r["fold"] == fold and r["preset"] == args.preset and r["set"] == args.set for r in rows):

@@ -181,8 +181,20 @@ def test_faces_recipe_folds_holdout_and_table(tmp_path):
     assert faces_recipe._verification(nested)["auc"] == 0.95
     rows = [{"fold": f, "accuracy": a, "accuracy_sd": 0.02, "auc": 0.9, "eer": 0.1, "celeba_accuracy": 0.8,
              "celeba_auc": 0.85, "train_s": 600} for f, a in ((1, 0.8), (2, 0.9))]
+    rows[1]["epochs"] = 45  # rows written before the epochs were recorded have none
     text = faces_recipe.table(rows)
-    assert "| 1 | 0.800 ± 0.020 |" in text and "**0.850 ± 0.071**" in text
+    assert "| 1 | 0.800 ± 0.020 | 0.900 | 0.100 | 0.800 | 0.850 | — | 10.0 |" in text
+    assert "| 2 | 0.900 ± 0.020 | 0.900 | 0.100 | 0.800 | 0.850 | 45 | 10.0 |" in text and "**0.850 ± 0.071**" in text
+    # a row's epochs (and a budget's plan) come from its model's metadata
+    from inference_support import make_model
+    from tripletface.model.io import load_model, save_model, update_metadata
+
+    model = load_model(make_model(tmp_path / "m.keras"))
+    assert faces_recipe.trained_epochs(tmp_path / "m.keras") == {"epochs": None}
+    update_metadata(model, epochs_trained=45, time_budget={"time_budget": 45, "epochs": 45, "step_s": 0.55})
+    save_model(model, tmp_path / "m.keras")
+    assert faces_recipe.trained_epochs(tmp_path / "m.keras") == {
+        "epochs": 45, "time_budget": {"time_budget": 45, "epochs": 45, "step_s": 0.55}}
 
 
 def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):

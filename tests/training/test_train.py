@@ -11,19 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from train_support import tiny_train_dir
 from tripletface.cli.main import main
 
 SMOKE = ["--preset", "smoke", "--quiet"]
-
-
-def _tiny_train_dir(lfw_dir: Path, dest: Path, n_ids: int = 12, per_id: int = 6) -> Path:
-    """Identities with the most images, linked into dest/<identity>/ (raw LFW photos: fine for plumbing)."""
-    ids = sorted((d for d in lfw_dir.iterdir() if d.is_dir()), key=lambda d: -len(list(d.iterdir())))[:n_ids]
-    for d in ids:
-        (dest / d.name).mkdir(parents=True)
-        for f in sorted(d.iterdir())[:per_id]:
-            (dest / d.name / f.name).symlink_to(f)
-    return dest
 
 
 def _run_cli(args, capsys):
@@ -33,7 +24,7 @@ def _run_cli(args, capsys):
 
 
 def test_train_on_real_faces_writes_model_checkpoints_and_tensorboard(lfw_dir, tmp_path, capsys):
-    train_dir = _tiny_train_dir(lfw_dir, tmp_path / "train")
+    train_dir = tiny_train_dir(lfw_dir, tmp_path / "train")
     ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
     rc, out, err = _run_cli(["train", *SMOKE, "--set", f"TRAIN_DIR={train_dir}", f"CHECKPOINT_DIR={ckpt}",
                              f"TENSORBOARD_LOGDIR={logs}", "data.val_fraction=0.25", "data.val_pairs=40"], capsys)
@@ -122,19 +113,19 @@ def test_bad_training_input_is_one_line_error_before_training(lfw_dir, tmp_path,
     if case == "empty":
         train_dir.mkdir()
     elif case == "single_identity":
-        _tiny_train_dir(lfw_dir, train_dir, n_ids=1)
+        tiny_train_dir(lfw_dir, train_dir, n_ids=1)
     elif case == "p_too_large":
-        _tiny_train_dir(lfw_dir, train_dir, n_ids=3)  # smoke: P = 16 / 4 = 4 > 3 identities
+        tiny_train_dir(lfw_dir, train_dir, n_ids=3)  # smoke: P = 16 / 4 = 4 > 3 identities
         extra = ["data.val_fraction=0"]
     elif case == "corrupt_image":
-        _tiny_train_dir(lfw_dir, train_dir, n_ids=6)
+        tiny_train_dir(lfw_dir, train_dir, n_ids=6)
         bad = next(train_dir.iterdir()) / "broken.jpg"
         bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     elif case == "unknown_backbone":
-        _tiny_train_dir(lfw_dir, train_dir, n_ids=6)
+        tiny_train_dir(lfw_dir, train_dir, n_ids=6)
         extra = ["model.backbone=vgg99"]
     elif case == "quality_without_manifest":  # raw photos: no crop manifest to score them
-        _tiny_train_dir(lfw_dir, train_dir, n_ids=6)
+        tiny_train_dir(lfw_dir, train_dir, n_ids=6)
         extra = ["data.min_blur=50"]
     rc, out, err = _run_cli(["train", *SMOKE, "--set", f"TRAIN_DIR={train_dir}",
                              f"CHECKPOINT_DIR={tmp_path / 'ckpt'}", *extra], capsys)
@@ -195,7 +186,7 @@ def trained_on_faces(lfw_dir, tmp_path_factory):
     from tripletface.training.loop import train
 
     tmp = tmp_path_factory.mktemp("trained")
-    train_dir = _tiny_train_dir(lfw_dir, tmp / "train")
+    train_dir = tiny_train_dir(lfw_dir, tmp / "train")
     cfg = load_config("smoke", overrides=[f"TRAIN_DIR={train_dir}", f"CHECKPOINT_DIR={tmp / 'ckpt'}",
                                           f"TENSORBOARD_LOGDIR={tmp / 'logs'}", "data.val_fraction=0.25",
                                           "data.val_pairs=40"])

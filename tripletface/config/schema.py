@@ -189,6 +189,7 @@ SCHEMA: dict[str, Rule] = {
     "loss.aux_scale": Rule(1, 128),
     "train.epochs": Rule(1),
     "train.steps_per_epoch": Rule(1),
+    "train.time_budget": Rule(0, note="(minutes of training that train.epochs is fitted to at the start; 0 = off)"),
     "train.validation_steps": Rule(1),
     "train.learning_rate": Rule(0, lo_open=True),
     "train.optimizer": _choice(*OPTIMIZERS),

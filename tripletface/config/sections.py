@@ -130,6 +130,9 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int = 50
+    # minutes of wall time for the whole `train` (set-up, steps, validation, the final save): when > 0,
+    # train.epochs is replaced by the epochs that fit, measured at the start (tripletface.training.budget)
+    time_budget: float = 0.0
     validation_steps: int = 10
     learning_rate: float = 1e-4
     optimizer: str = "adam"  # choice_lists.OPTIMIZERS

@@ -1,5 +1,6 @@
-"""The training loop's callbacks: the NaN guard, validation each epoch, the epoch checkpoint, and
-the SIGINT/SIGTERM stopper (finish the running step, save, stop; see :mod:`tripletface.training.loop`).
+"""The training loop's callbacks: the NaN guard, validation each epoch, the epoch checkpoint, the
+SIGINT/SIGTERM stopper (finish the running step, save, stop; see :mod:`tripletface.training.loop`),
+and the step timer of a time budget (:mod:`tripletface.training.budget`).
 
 This module imports Keras at the top: only the loop imports it, inside
 :func:`~tripletface.training.loop.train`, so the command line starts without Keras.
@@ -11,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import keras
 
@@ -178,3 +180,19 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def epoch_saved(self):
         self.remove_partial()
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Record each training batch's end (``perf_counter``) and stop the fit once ``min_steps`` steps
+    after the first (which traces the step function) took ``min_seconds``, or ``max_steps`` did."""
+
+    def __init__(self, min_steps: int, max_steps: int, min_seconds: float):
+        super().__init__()
+        self.min_steps, self.max_steps, self.min_seconds = min_steps, max_steps, min_seconds
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+        timed = len(self.ends) - 1
+        if timed >= self.max_steps or (timed >= self.min_steps and self.ends[-1] - self.ends[0] >= self.min_seconds):
+            self.model.stop_training = True

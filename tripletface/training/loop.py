@@ -45,7 +45,6 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
     from tripletface.data.images import image_error
     from tripletface.training import distribute
     from tripletface.inference.embedder import Embedder
-    from tripletface.losses import MemoryBank
 
     t0 = time.time()
     strategy = distribute.get_strategy(cfg.train.distribute)  # before any other TensorFlow op
@@ -68,28 +67,20 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         alignment = (folder_alignment(cfg, None) if cfg.data.source == "synthetic"
                      else common_alignment(cfg, [Path(d) for d in cfg.data.dirs]))
+        budget_plan = None
+        if cfg.train.time_budget > 0:  # the epochs that fit, from a throwaway trainer's steps on this data
+            budget_plan = _fit_to_budget(cfg, ckpt_dir, strategy, policy, ds, val, n_classes, label_source,
+                                         sources, reuse=not fresh and (ckpt_dir / "state").is_dir(),
+                                         spent_s=lambda: time.time() - t0, write=chief)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=budget_plan["epochs"]))
+            keras.utils.set_random_seed(cfg.train.seed)  # the real model starts as it would without the budget
         metadata = {"alignment": alignment, "config": cfg.to_dict(),
                     "metric": "euclidean", "flip_tta": bool(cfg.eval.flip_tta), "sources": sources}
+        if budget_plan is not None:
+            metadata["time_budget"] = budget_plan
         with strategy.scope():  # variables mirrored over the replicas (tripletface.training.distribute)
-            embedder = build_embedder(cfg, metadata=metadata)
-            distribute.sync_batch_norm(embedder, strategy)
-            bank = (MemoryBank(cfg.loss.memory_bank_size, cfg.model.embedding_dim)
-                    if cfg.loss.memory_bank_size > 0 else None)
-            aux_head = None
-            if cfg.loss.aux_weight > 0:
-                from tripletface.losses import MarginSoftmaxHead
-
-                aux_head = MarginSoftmaxHead(n_classes, margin=cfg.loss.aux_margin, scale=cfg.loss.aux_scale,
-                                             name="margin_softmax_head")
-                aux_head.build((None, cfg.model.embedding_dim))
-            trainer, optimizer = build_trainer(
-                cfg, embedder, policy=policy, memory_bank=bank, memory_start_step=cfg.loss.memory_bank_start_step,
-                aux_head=aux_head, aux_weight=cfg.loss.aux_weight, label_source=label_source,
-                source_names=[re.sub(r"[^0-9A-Za-z]+", "_", r["name"]) for r in sources]
-                if label_source is not None else ())
-            # build optimizer variables so a restore has something to fill
-            optimizer.build(embedder.trainable_variables
-                            + (aux_head.trainable_variables if aux_head is not None else []))
+            embedder, bank, aux_head, trainer, optimizer = _build(cfg, strategy, policy, n_classes, label_source,
+                                                                  sources, metadata)
 
         state = ResumeState(ckpt_dir, strategy, fresh, model=embedder, optimizer=optimizer, memory_bank=bank,
                             aux_head=aux_head)
@@ -165,6 +156,54 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         raise disk_full_error(cfg.train.checkpoint_dir, e) from None
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _build(cfg, strategy, policy, n_classes, label_source, sources, metadata=None):
+    """``(embedder, memory bank, margin-softmax head, trainer, optimizer)`` as ``cfg`` asks, the
+    optimizer's variables built (so a restore has something to fill); call in ``strategy.scope()``."""
+    from tripletface.training import distribute
+    from tripletface.losses import MemoryBank
+
+    embedder = build_embedder(cfg, metadata=metadata)
+    distribute.sync_batch_norm(embedder, strategy)
+    bank = MemoryBank(cfg.loss.memory_bank_size, cfg.model.embedding_dim) if cfg.loss.memory_bank_size > 0 else None
+    aux_head = None
+    if cfg.loss.aux_weight > 0:
+        from tripletface.losses import MarginSoftmaxHead
+
+        aux_head = MarginSoftmaxHead(n_classes, margin=cfg.loss.aux_margin, scale=cfg.loss.aux_scale,
+                                     name="margin_softmax_head")
+        aux_head.build((None, cfg.model.embedding_dim))
+    trainer, optimizer = build_trainer(
+        cfg, embedder, policy=policy, memory_bank=bank, memory_start_step=cfg.loss.memory_bank_start_step,
+        aux_head=aux_head, aux_weight=cfg.loss.aux_weight, label_source=label_source,
+        source_names=[re.sub(r"[^0-9A-Za-z]+", "_", r["name"]) for r in sources]
+        if label_source is not None else ())
+    optimizer.build(embedder.trainable_variables + (aux_head.trainable_variables if aux_head is not None else []))
+    return embedder, bank, aux_head, trainer, optimizer
+
+
+def _fit_to_budget(cfg, ckpt_dir: Path, strategy, policy, ds, val, n_classes, label_source, sources, reuse: bool,
+                   spent_s, write: bool) -> dict:
+    """The plan of ``train.time_budget`` (:func:`tripletface.training.budget.plan`): kept from
+    ``ckpt_dir`` when ``reuse`` (a resumed run), else measured on a throwaway trainer built as the
+    real one, on the real ``ds`` (whose batches depend only on their number, so the run still
+    starts at batch 0) and validation set."""
+    from tripletface.inference.embedder import Embedder
+    from tripletface.training import budget
+
+    def measured():
+        with strategy.scope():
+            embedder, _, _, trainer, _ = _build(cfg, strategy, policy, n_classes, label_source, sources)
+        check = None
+        if val is not None:
+            check = lambda: validate(val, Embedder(embedder, batch_size=cfg.eval.batch_size),  # noqa: E731
+                                     cfg.loss.margin, cfg.loss.distance)
+        return budget.measure(trainer, ds, check)
+
+    if not reuse:
+        (ckpt_dir / budget.PLAN_NAME).unlink(missing_ok=True)
+    return budget.plan(cfg, ckpt_dir, spent_s, measured, write=write)
 
 
 def _training_data(cfg, data_cfg):

@@ -1,0 +1,115 @@
+"""train.time_budget: the epochs that fit, measured at the start on the run's own data, kept on resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from train_support import tiny_train_dir
+from tripletface.training import budget
+
+
+def test_fit_epochs_is_the_whole_epochs_left_after_set_up_and_the_final_save():
+    # 600 s budget, 60 s gone, final save = one validation pass (4 s) + SAVE_S: 600 - 60 - 5 = 535 s
+    # left; an epoch = 100 steps of 0.5 s + 4 s of validation + SAVE_S = 55 s: 9 whole epochs (495 s)
+    assert budget.SAVE_S == 1.0
+    assert budget.fit_epochs(600, 60, 0.5, 100, 4.0) == 9
+    # the boundary: exactly ten epochs' worth left is ten
+    assert budget.fit_epochs(60 + 5 + 10 * 55, 60, 0.5, 100, 4.0) == 10
+    assert budget.fit_epochs(60 + 5 + 10 * 55 - 0.01, 60, 0.5, 100, 4.0) == 9
+    # a budget already spent still trains one epoch (a model, not nothing)
+    assert budget.fit_epochs(10, 60, 0.5, 100, 4.0) == 1
+    with pytest.raises(ValueError, match="step time"):
+        budget.fit_epochs(600, 0, 0.0, 100, 1.0)
+
+
+def test_plan_reuses_the_saved_plan_only_for_the_same_budget_and_steps(tmp_path, capsys):
+    from tripletface.config import load_config
+
+    calls = []
+
+    def measured():
+        calls.append(1)
+        return {"step_s": 0.5, "steps_timed": 7, "validation_s": 4.0}
+
+    cfg = load_config("smoke", overrides=["train.time_budget=10", "train.steps_per_epoch=100"])
+    first = budget.plan(cfg, tmp_path, lambda: 60.0, measured)
+    assert first["epochs"] == 9 and len(calls) == 1  # budget.fit_epochs(600, 60, 0.5, 100, 4.0)
+    saved = json.loads((tmp_path / budget.PLAN_NAME).read_text())
+    assert saved == first and saved["step_s"] == 0.5 and saved["spent_before_training_s"] == 60.0
+    assert "10 min: a step takes 0.500 s here (7 timed)" in capsys.readouterr().err
+    assert budget.plan(cfg, tmp_path, lambda: 0.0, measured) == first and len(calls) == 1  # a resume
+    assert "9 epochs as planned at the start" in capsys.readouterr().err
+    other = load_config("smoke", overrides=["train.time_budget=20", "train.steps_per_epoch=100"])
+    assert budget.plan(other, tmp_path, lambda: 60.0, measured)["epochs"] == 20 and len(calls) == 2
+    (tmp_path / budget.PLAN_NAME).write_text("{not json")  # unreadable: measured again, rewritten
+    assert budget.plan(other, tmp_path, lambda: 60.0, measured)["epochs"] == 20 and len(calls) == 3
+    assert json.loads((tmp_path / budget.PLAN_NAME).read_text())["epochs"] == 20
+
+
+def test_a_negative_budget_is_a_config_error():
+    from tripletface.config import load_config
+    from tripletface.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="train.time_budget"):
+        load_config("smoke", overrides=["train.time_budget=-1"])
+
+
+@pytest.fixture(scope="module")
+def budget_run(lfw_dir, tmp_path_factory):
+    """A smoke training on real faces to a 0.25-minute budget: (config, train()'s result, plan)."""
+    from tripletface.config import load_config
+    from tripletface.training.loop import train
+
+    tmp = tmp_path_factory.mktemp("budget")
+    train_dir = tiny_train_dir(lfw_dir, tmp / "train")
+    overrides = [f"TRAIN_DIR={train_dir}", f"TENSORBOARD_LOGDIR={tmp / 'logs'}", "data.val_fraction=0.25",
+                 "data.val_pairs=40"]
+    cfg = load_config("smoke", overrides=overrides + [f"CHECKPOINT_DIR={tmp / 'ckpt'}", "train.time_budget=0.25"])
+    result = train(cfg, verbose=0)
+    return overrides, tmp, result, json.loads((tmp / "ckpt" / budget.PLAN_NAME).read_text())
+
+
+def test_a_budgeted_run_trains_the_planned_epochs_and_records_them(budget_run):
+    from tripletface.model.io import get_metadata, load_model
+
+    _, tmp, result, plan = budget_run
+    rows = [json.loads(line) for line in (tmp / "ckpt" / "history.jsonl").read_text().splitlines()]
+    # the plan is its own arithmetic on what it measured, and the run kept to it
+    assert plan["epochs"] == budget.fit_epochs(15.0, plan["spent_before_training_s"], plan["step_s"], 3,
+                                               plan["validation_s"])
+    assert plan["steps_timed"] >= budget.MIN_STEPS and plan["step_s"] > 0
+    assert [r["epoch"] for r in rows] == list(range(1, plan["epochs"] + 1))
+    meta = get_metadata(load_model(result["model_path"]))
+    assert meta["epochs_trained"] == plan["epochs"] == meta["config"]["train"]["epochs"]
+    assert meta["time_budget"] == plan and meta["config"]["train"]["time_budget"] == 0.25
+
+
+def test_a_budgeted_run_is_the_explicit_run_of_its_epochs(budget_run):
+    """The throwaway trainer that times the step changes nothing: the same weights as
+    ``train.epochs=N`` with the N the budget planned (same data, seed and batches)."""
+    from tripletface.config import load_config
+    from tripletface.model.io import load_model
+    from tripletface.training.loop import train
+
+    overrides, tmp, result, plan = budget_run
+    cfg = load_config("smoke", overrides=overrides + [f"CHECKPOINT_DIR={tmp / 'explicit'}",
+                                                      f"train.epochs={plan['epochs']}"])
+    explicit = train(cfg, verbose=0)
+    a, b = load_model(result["model_path"]), load_model(explicit["model_path"])
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan(budget_run, capsys):
+    from tripletface.config import load_config
+    from tripletface.training.loop import train
+
+    overrides, tmp, _, plan = budget_run
+    cfg = load_config("smoke", overrides=overrides + [f"CHECKPOINT_DIR={tmp / 'ckpt'}", "train.time_budget=0.25"])
+    capsys.readouterr()
+    train(cfg, verbose=0)
+    err = capsys.readouterr().err
+    assert f"{plan['epochs']} epochs as planned at the start" in err
+    assert f"already trained {plan['epochs']}/{plan['epochs']} epochs" in err
+    assert json.loads((tmp / "ckpt" / budget.PLAN_NAME).read_text()) == plan
