@@ -45,6 +45,11 @@ def test_plan_reuses_the_saved_plan_only_for_the_same_budget_and_steps(tmp_path,
     (tmp_path / budget.PLAN_NAME).write_text("{not json")  # unreadable: measured again, rewritten
     assert budget.plan(other, tmp_path, lambda: 60.0, measured)["epochs"] == 20 and len(calls) == 3
     assert json.loads((tmp_path / budget.PLAN_NAME).read_text())["epochs"] == 20
+    # a checkpoint made without a plan: the budget buys epochs on top of those it holds
+    (tmp_path / budget.PLAN_NAME).unlink()
+    resumed = budget.plan(cfg, tmp_path, lambda: 60.0, measured, done_epochs=3)
+    assert resumed["epochs"] == 12 and resumed["epochs_before_the_budget"] == 3 and len(calls) == 4
+    assert "12 epochs of 100 steps (3 of them already trained)" in capsys.readouterr().err
 
 
 def test_a_negative_budget_is_a_config_error():
@@ -68,6 +73,19 @@ def budget_run(lfw_dir, tmp_path_factory):
     cfg = load_config("smoke", overrides=overrides + [f"CHECKPOINT_DIR={tmp / 'ckpt'}", "train.time_budget=0.25"])
     result = train(cfg, verbose=0)
     return overrides, tmp, result, json.loads((tmp / "ckpt" / budget.PLAN_NAME).read_text())
+
+
+def test_a_budgeted_run_says_its_time_against_the_budget(lfw_dir, tmp_path, capsys):
+    from tripletface.cli.main import main
+
+    train_dir = tiny_train_dir(lfw_dir, tmp_path / "train")
+    rc = main(["train", "--preset", "smoke", "--quiet", "--set", f"TRAIN_DIR={train_dir}",
+               f"CHECKPOINT_DIR={tmp_path / 'ckpt'}", f"TENSORBOARD_LOGDIR={tmp_path / 'logs'}",
+               "data.val_fraction=0.25", "data.val_pairs=40", "train.time_budget=0.2"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "train.time_budget: 0.2 min: a step takes" in err and "s of its 12s budget" in err
+    assert (tmp_path / "ckpt" / "model.keras").is_file() and (tmp_path / "ckpt" / budget.PLAN_NAME).is_file()
 
 
 def test_a_budgeted_run_trains_the_planned_epochs_and_records_them(budget_run):
@@ -113,3 +131,18 @@ def test_a_resumed_budgeted_run_keeps_its_plan(budget_run, capsys):
     assert f"{plan['epochs']} epochs as planned at the start" in err
     assert f"already trained {plan['epochs']}/{plan['epochs']} epochs" in err
     assert json.loads((tmp / "ckpt" / budget.PLAN_NAME).read_text()) == plan
+
+
+def test_a_run_begun_without_a_budget_and_resumed_with_one_trains_the_budget_on_top(budget_run, capsys):
+    from tripletface.config import load_config
+    from tripletface.training.loop import train
+
+    overrides, tmp, _, _ = budget_run
+    ckpt = [f"CHECKPOINT_DIR={tmp / 'later'}"]
+    train(load_config("smoke", overrides=overrides + ckpt + ["train.epochs=2"]), verbose=0)
+    train(load_config("smoke", overrides=overrides + ckpt + ["train.time_budget=0.25"]), verbose=0)
+    plan = json.loads((tmp / "later" / budget.PLAN_NAME).read_text())
+    assert plan["epochs_before_the_budget"] == 2 and plan["epochs"] >= 3
+    assert "(2 of them already trained)" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp / "later" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, plan["epochs"] + 1))

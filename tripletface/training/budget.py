@@ -55,10 +55,12 @@ def measure(trainer, ds, validate=None) -> dict:
     return {"step_s": step_s, "steps_timed": timed, "validation_s": time.perf_counter() - t0}
 
 
-def plan(cfg, ckpt_dir: Path, spent_s, measured, write: bool = True) -> dict:
+def plan(cfg, ckpt_dir: Path, spent_s, measured, write: bool = True, done_epochs: int = 0) -> dict:
     """The epochs ``cfg.train.time_budget`` minutes give: the plan in ``ckpt_dir`` when one was made
     for this budget and steps per epoch (a resumed run), else ``measured()`` (:func:`measure`'s
-    dict) fitted with :func:`fit_epochs` after ``spent_s()`` seconds, written there with ``write``."""
+    dict) fitted with :func:`fit_epochs` after ``spent_s()`` seconds, written there with ``write``.
+    ``done_epochs``: epochs a checkpoint already holds (a run begun without this plan); the budget
+    is for the epochs still to train, on top of them."""
     t = cfg.train
     path = Path(ckpt_dir) / PLAN_NAME
     if path.is_file():
@@ -72,13 +74,16 @@ def plan(cfg, ckpt_dir: Path, spent_s, measured, write: bool = True) -> dict:
             pass  # unreadable: measured again and rewritten
     m = measured()
     spent = spent_s()
-    epochs = fit_epochs(60 * t.time_budget, spent, m["step_s"], t.steps_per_epoch, m["validation_s"])
+    epochs = done_epochs + fit_epochs(60 * t.time_budget, spent, m["step_s"], t.steps_per_epoch, m["validation_s"])
     out = {"time_budget": t.time_budget, "steps_per_epoch": t.steps_per_epoch, "epochs": epochs,
            "step_s": round(m["step_s"], 4), "steps_timed": m["steps_timed"],
            "validation_s": round(m["validation_s"], 3), "spent_before_training_s": round(spent, 1)}
+    if done_epochs:
+        out["epochs_before_the_budget"] = done_epochs
     print(f"train.time_budget: {t.time_budget:g} min: a step takes {m['step_s']:.3f} s here ({m['steps_timed']} "
           f"timed), a validation pass {m['validation_s']:.1f} s, {spent:.0f} s gone on set-up: {epochs} epochs "
-          f"of {t.steps_per_epoch} steps", file=sys.stderr)
+          f"of {t.steps_per_epoch} steps" + (f" ({done_epochs} of them already trained)" if done_epochs else ""),
+          file=sys.stderr)
     if write:
         from tripletface.atomic import replaced_atomically
 

@@ -71,7 +71,7 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         if cfg.train.time_budget > 0:  # the epochs that fit, from a throwaway trainer's steps on this data
             budget_plan = _fit_to_budget(cfg, ckpt_dir, strategy, policy, ds, val, n_classes, label_source,
                                          sources, reuse=not fresh and (ckpt_dir / "state").is_dir(),
-                                         spent_s=lambda: time.time() - t0, write=chief)
+                                         spent_s=lambda: time.time() - t0, write=chief, done_epochs=start_epoch)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=budget_plan["epochs"]))
             keras.utils.set_random_seed(cfg.train.seed)  # the real model starts as it would without the budget
         metadata = {"alignment": alignment, "config": cfg.to_dict(),
@@ -143,7 +143,8 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         trained = {**metadata, "epochs_trained": max(resumed_from, cfg.train.epochs)}
         model_path = _save_final_model(cfg, embedder, trained, val, chief)
         elapsed = time.time() - t0
-        print(f"training done in {elapsed:.0f}s", file=sys.stderr)
+        of_budget = f" of its {60 * cfg.train.time_budget:.0f}s budget" if budget_plan is not None else ""
+        print(f"training done in {elapsed:.0f}s{of_budget}", file=sys.stderr)
         return {"model_path": str(model_path), "history": hist.history, "resumed_from": resumed_from,
                 "validation": validation.history,
                 "validation_pairs": validation_pairs(val) if val is not None else []}
@@ -184,7 +185,7 @@ def _build(cfg, strategy, policy, n_classes, label_source, sources, metadata=Non
 
 
 def _fit_to_budget(cfg, ckpt_dir: Path, strategy, policy, ds, val, n_classes, label_source, sources, reuse: bool,
-                   spent_s, write: bool) -> dict:
+                   spent_s, write: bool, done_epochs: int) -> dict:
     """The plan of ``train.time_budget`` (:func:`tripletface.training.budget.plan`): kept from
     ``ckpt_dir`` when ``reuse`` (a resumed run), else measured on a throwaway trainer built as the
     real one, on the real ``ds`` (whose batches depend only on their number, so the run still
@@ -203,7 +204,7 @@ def _fit_to_budget(cfg, ckpt_dir: Path, strategy, policy, ds, val, n_classes, la
 
     if not reuse:
         (ckpt_dir / budget.PLAN_NAME).unlink(missing_ok=True)
-    return budget.plan(cfg, ckpt_dir, spent_s, measured, write=write)
+    return budget.plan(cfg, ckpt_dir, spent_s, measured, write=write, done_epochs=done_epochs)
 
 
 def _training_data(cfg, data_cfg):
