@@ -58,6 +58,9 @@ def test_a_negative_budget_is_a_config_error():
 
     with pytest.raises(ConfigError, match="train.time_budget"):
         load_config("smoke", overrides=["train.time_budget=-1"])
+    with pytest.raises(ConfigError, match="train.time_budget.*needs one process"):
+        load_config("smoke", overrides=["train.time_budget=5", "train.distribute=multiworker"])
+    assert load_config("smoke", overrides=["train.time_budget=5", "train.distribute=mirrored"]).train.time_budget == 5
 
 
 @pytest.fixture(scope="module")

@@ -265,3 +265,8 @@ def validate(cfg) -> None:
     need(cfg.loss.name != "triplet" or cfg.data.sampling != "pk", "loss.name", cfg.loss.name,
          "(explicit triplets) needs data.sampling triplets or triplets_file, not 'pk'")
 
+    # each worker of a multi-machine run would time its own steps and could plan other epochs than
+    # the rest, and the workers must take every step together
+    need(cfg.train.time_budget == 0 or cfg.train.distribute != "multiworker", "train.time_budget",
+         cfg.train.time_budget, "needs one process (train.distribute none or mirrored); give multiworker "
+         "runs train.epochs")
