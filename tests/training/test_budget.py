@@ -23,6 +23,46 @@ def test_fit_epochs_is_the_whole_epochs_left_after_set_up_and_the_final_save():
         budget.fit_epochs(600, 0, 0.0, 100, 1.0)
 
 
+class _FakeTrainer:
+    """``fit`` as Keras runs it for the step timer: a batch of ``step_s``, then each callback's batch end."""
+
+    def __init__(self, step_s):
+        self.step_s, self.stop_training, self.steps = step_s, False, 0
+
+    def fit(self, ds, epochs, steps_per_epoch, shuffle, callbacks, verbose):
+        import time
+
+        for cb in callbacks:
+            cb.set_model(self)
+        for batch in range(steps_per_epoch):
+            time.sleep(self.step_s)
+            self.steps += 1
+            for cb in callbacks:
+                cb.on_train_batch_end(batch)
+            if self.stop_training:
+                break
+
+
+def test_measure_times_warm_steps_and_the_second_validation_pass(monkeypatch):
+    import time
+
+    monkeypatch.setattr(budget, "MIN_SECONDS", 0.05)
+    trainer = _FakeTrainer(0.01)
+    calls = []
+
+    def validate():  # the first call traces: slow; later ones are the epoch's cost
+        time.sleep(0.5 if not calls else 0.02)
+        calls.append(1)
+
+    m = budget.measure(trainer, None, validate)
+    # stopped once MIN_STEPS steps after the first took MIN_SECONDS: 0.05 s of 0.01 s steps
+    assert budget.MIN_STEPS <= m["steps_timed"] < budget.MAX_STEPS and trainer.steps == m["steps_timed"] + 1
+    assert 0.01 <= m["step_s"] < 0.1
+    assert len(calls) == 2 and 0.02 <= m["validation_s"] < 0.3  # the second call, not the traced first
+    monkeypatch.setattr(budget, "MIN_SECONDS", 1e9)  # never long enough: MAX_STEPS steps after the first
+    assert budget.measure(_FakeTrainer(0.0), None)["steps_timed"] == budget.MAX_STEPS
+
+
 def test_plan_reuses_the_saved_plan_only_for_the_same_budget_and_steps(tmp_path, capsys):
     from tripletface.config import load_config
 
