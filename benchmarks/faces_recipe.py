@@ -11,6 +11,7 @@ resumes from its checkpoint, so the five hour-long folds can be spread over sess
     python benchmarks/faces_recipe.py --folds 1                  # one fold: ~1 hour on 2 cores
     python benchmarks/faces_recipe.py --folds 1-5                # the dev protocol
     python benchmarks/faces_recipe.py --folds 1 --set train.epochs=1 train.steps_per_epoch=5   # smoke
+    python benchmarks/faces_recipe.py --folds 1 --set train.time_budget=45   # the epochs 45 minutes fit here
     python benchmarks/faces_recipe.py --table                    # the Markdown table of OUT/results.jsonl
     python benchmarks/faces_recipe.py --row aux_head             # one ablation row (ROWS), fold 1
     python benchmarks/faces_recipe.py --ablation                 # the ablation table of the rows run
