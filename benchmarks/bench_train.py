@@ -86,39 +86,17 @@ def load_index(crops: Path, limit: int = 0):
     return index
 
 
-class _StepClock:
-    """A fit callback recording when each step ended, in wall and process CPU seconds.
-
-    The logs are read at each step end, so the step has finished when the time is taken.
-    """
-
-    def __new__(cls):
-        import keras
-
-        class StepClock(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.ends = []
-                self.cpu = []
-
-            def on_train_batch_end(self, batch, logs=None):
-                if logs and "loss" in logs:
-                    float(logs["loss"])
-                self.ends.append(time.perf_counter())
-                self.cpu.append(time.process_time())
-
-        return StepClock()
-
-
 def _block(trainer, ds, steps: int, warm: int = 1, per_execution: int = 1) -> tuple[float, int, float | None, float]:
     """Run ``warm + steps`` steps with fit (a fresh iterator, as each ``fit`` makes, so no pipeline
     work spills into the next block); returns (wall seconds of the last ``steps``, steps, peak RSS
     MiB, process CPU seconds of the last ``steps``). With ``per_execution`` steps per compiled call
     (``compile(steps_per_execution=...)``, callbacks see one batch end per call) both counts are
     rounded up to whole calls."""
+    from tripletface.training.callbacks import StepTimer  # records each step's end, wall and CPU
+
     calls = lambda n: -(-n // per_execution)  # noqa: E731
     warm, steps = calls(warm) * per_execution, calls(steps) * per_execution
-    clock = _StepClock()
+    clock = StepTimer()
     common.reset_peak()
     trainer.fit(ds, epochs=1, steps_per_epoch=warm + steps, verbose=0, callbacks=[clock], shuffle=False)
     first = calls(warm) - 1
@@ -133,6 +111,7 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
 
     from tripletface.data.samplers import build_train_dataset
     from tripletface.data.augment import enabled_ops
+    from tripletface.training.callbacks import StepTimer
     from tripletface.training.precision import resolve_precision
     from tripletface.training.trainer import build_embedder, build_trainer
 
@@ -156,7 +135,7 @@ def measure(cfg, index, steps: int = 4, rounds: int = 2, warmup: int = 2, log=pr
         bare = tf.data.Dataset.from_tensors((images, labels)).repeat()
 
         # tracing and warm-up, then a bare block before the dataset exists (its memory peak)
-        clock = _StepClock()
+        clock = StepTimer()
         t0 = time.perf_counter()
         trainer.fit(bare, epochs=1, steps_per_epoch=warmup, verbose=0, callbacks=[clock], shuffle=False)
         trace_s = clock.ends[0] - t0
@@ -292,6 +271,7 @@ def measure_levers(cfg, index, levers: list[dict], steps: int = 4, rounds: int =
     import keras
 
     from tripletface.data.samplers import build_train_dataset
+    from tripletface.training.callbacks import StepTimer
     from tripletface.training.precision import resolve_precision
 
     p, k = cfg.data.p, cfg.data.k
@@ -305,7 +285,7 @@ def measure_levers(cfg, index, levers: list[dict], steps: int = 4, rounds: int =
         for lever in levers:
             try:
                 trainer = _lever_trainer(cfg, lever)
-                clock = _StepClock()
+                clock = StepTimer()
                 t0 = time.perf_counter()
                 h = trainer.fit(real, epochs=1, steps_per_epoch=lever["spe"], verbose=0, callbacks=[clock],
                                 shuffle=False)

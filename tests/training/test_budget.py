@@ -63,6 +63,21 @@ def test_measure_times_warm_steps_and_the_second_validation_pass(monkeypatch):
     assert budget.measure(_FakeTrainer(0.0), None)["steps_timed"] == budget.MAX_STEPS
 
 
+def test_step_timer_without_a_stop_records_every_step_in_wall_and_cpu_seconds():
+    """benchmarks/bench_train.py's step clock: the same callback, recording only."""
+    import time
+
+    from tripletface.training.callbacks import StepTimer
+
+    trainer, clock = _FakeTrainer(0.01), StepTimer()
+    trainer.fit(None, epochs=1, steps_per_epoch=40, shuffle=False, callbacks=[clock], verbose=0)
+    assert trainer.steps == 40 and len(clock.ends) == len(clock.cpu) == 40  # never stopped
+    assert clock.ends == sorted(clock.ends) and clock.ends[-1] - clock.ends[0] >= 39 * 0.01
+    assert clock.cpu == sorted(clock.cpu) and clock.cpu[-1] <= time.process_time()
+    # sleeping costs wall time, not CPU time
+    assert clock.cpu[-1] - clock.cpu[0] < clock.ends[-1] - clock.ends[0]
+
+
 def test_plan_reuses_the_saved_plan_only_for_the_same_budget_and_steps(tmp_path, capsys):
     from tripletface.config import load_config
 
@@ -77,7 +92,9 @@ def test_plan_reuses_the_saved_plan_only_for_the_same_budget_and_steps(tmp_path,
     assert first["epochs"] == 9 and len(calls) == 1  # budget.fit_epochs(600, 60, 0.5, 100, 4.0)
     saved = json.loads((tmp_path / budget.PLAN_NAME).read_text())
     assert saved == first and saved["step_s"] == 0.5 and saved["spent_before_training_s"] == 60.0
-    assert "10 min: a step takes 0.500 s here (7 timed)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "10 min: a step takes 0.500 s here (7 timed)" in err
+    assert f"9 epochs of 100 steps, not train.epochs={cfg.train.epochs} (train.time_budget=0 trains that)" in err
     assert budget.plan(cfg, tmp_path, lambda: 0.0, measured) == first and len(calls) == 1  # a resume
     assert "9 epochs as planned at the start" in capsys.readouterr().err
     other = load_config("smoke", overrides=["train.time_budget=20", "train.steps_per_epoch=100"])

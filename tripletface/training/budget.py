@@ -86,7 +86,8 @@ def plan(cfg, ckpt_dir: Path, spent_s, measured, write: bool = True, done_epochs
         out["epochs_before_the_budget"] = done_epochs
     print(f"train.time_budget: {t.time_budget:g} min: a step takes {m['step_s']:.3f} s here ({m['steps_timed']} "
           f"timed), a validation pass {m['validation_s']:.1f} s, {spent:.0f} s gone on set-up: {epochs} epochs "
-          f"of {t.steps_per_epoch} steps" + (f" ({done_epochs} of them already trained)" if done_epochs else ""),
+          f"of {t.steps_per_epoch} steps" + (f" ({done_epochs} of them already trained)" if done_epochs else "")
+          + f", not train.epochs={t.epochs} (train.time_budget=0 trains that)",
           file=sys.stderr)
     if write:
         from tripletface.atomic import replaced_atomically

@@ -183,20 +183,25 @@ class StopOnSignal(keras.callbacks.Callback):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Record each training batch's end (``perf_counter``) and stop the fit once ``min_steps`` steps
-    after the first (which traces the step function) took ``min_seconds``, or ``max_steps`` did.
-    The loss is read first, as benchmarks/bench_train.py's step clock does, so the step has finished
-    when its time is taken."""
+    """Record each training batch's end, in wall (``perf_counter``: ``ends``) and process CPU
+    (``process_time``: ``cpu``) seconds. The loss is read first, so the step has finished when its
+    time is taken. With ``min_steps`` (``train.time_budget``'s measurement) it stops the fit once
+    ``min_steps`` steps after the first (which traces the step function) took ``min_seconds``, or
+    ``max_steps`` did; without, it only records (benchmarks/bench_train.py's step clock)."""
 
-    def __init__(self, min_steps: int, max_steps: int, min_seconds: float):
+    def __init__(self, min_steps: int | None = None, max_steps: int | None = None, min_seconds: float = 0.0):
         super().__init__()
         self.min_steps, self.max_steps, self.min_seconds = min_steps, max_steps, min_seconds
         self.ends: list[float] = []
+        self.cpu: list[float] = []
 
     def on_train_batch_end(self, batch, logs=None):
         if logs and "loss" in logs:
             float(logs["loss"])
         self.ends.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+        if self.min_steps is None:
+            return
         timed = len(self.ends) - 1
         if timed >= self.max_steps or (timed >= self.min_steps and self.ends[-1] - self.ends[0] >= self.min_seconds):
             self.model.stop_training = True
