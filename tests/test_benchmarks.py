@@ -208,9 +208,9 @@ def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
     assert load_config(preset="faces-cpu").data.source_balance == "sources"  # the preset: the `balanced` row
     assert base["data"]["source_balance"] == "identities"
     flat = lambda d: {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}  # noqa: E731
-    preset = flat(load_config(preset="faces-cpu").to_dict())  # ... and the `narrow` row's model and epochs
+    preset = flat(load_config(preset="faces-cpu").to_dict())  # ... the `narrow` row's model and epochs, its hour
     assert {k: v for k, v in preset.items() if flat(base)[k] != v} == {
-        "data.source_balance": "sources", "model.width": 0.75, "train.epochs": 21}
+        "data.source_balance": "sources", "model.width": 0.75, "train.epochs": 21, "train.time_budget": 45}
     for name, changes in faces_recipe.ROWS.items():
         assert changes[:len(faces_recipe.BASE)] == faces_recipe.BASE, name
         cfg = flat(load_config(preset="faces-cpu", overrides=changes).to_dict())
@@ -225,7 +225,8 @@ def test_faces_recipe_rows_are_valid_one_change_configs_and_tabulate(tmp_path):
     assert "| `narrow` (fold 1) | model.width=0.75 train.epochs=21 | 0.900 ± 0.010 |" in text  # run before BASE pinned the width
     for name, legacy in (("base", ["train.epochs=14"]), ("balanced", ["train.epochs=14", "data.source_weights=[1,1]"]),
                          ("colour", ["train.epochs=14", "model.greyscale=false"]),  # as they ran before BASE
-                         ("narrow", faces_recipe.BASE_BEFORE_NARROW + ["model.width=0.75", "train.epochs=21"])):
+                         ("narrow", faces_recipe.BASE_BEFORE_NARROW + ["model.width=0.75", "train.epochs=21"]),
+                         ("aux_head", faces_recipe.BASE_BEFORE_BUDGET + ["loss.aux_weight=1.0"])):
         assert faces_recipe.row_name({**row, "set": legacy}) == name
     assert faces_recipe.row_name({**row, "set": ["train.epochs=3"]}) == "faces-cpu train.epochs=3"
 

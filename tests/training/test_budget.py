@@ -34,6 +34,7 @@ class _FakeTrainer:
 
         for cb in callbacks:
             cb.set_model(self)
+            cb.on_train_begin()
         for batch in range(steps_per_epoch):
             time.sleep(self.step_s)
             self.steps += 1
@@ -59,6 +60,7 @@ def test_measure_times_warm_steps_and_the_second_validation_pass(monkeypatch):
     assert budget.MIN_STEPS <= m["steps_timed"] < budget.MAX_STEPS and trainer.steps == m["steps_timed"] + 1
     assert 0.01 <= m["step_s"] < 0.1
     assert len(calls) == 2 and 0.02 <= m["validation_s"] < 0.3  # the second call, not the traced first
+    assert 0.3 < m["first_calls_s"] < 1.0  # the first validation's extra 0.48 s, which the real run pays again
     monkeypatch.setattr(budget, "MIN_SECONDS", 1e9)  # never long enough: MAX_STEPS steps after the first
     assert budget.measure(_FakeTrainer(0.0), None)["steps_timed"] == budget.MAX_STEPS
 
@@ -131,7 +133,9 @@ def budget_run(lfw_dir, tmp_path_factory):
     overrides = [f"TRAIN_DIR={train_dir}", f"TENSORBOARD_LOGDIR={tmp / 'logs'}", "data.val_fraction=0.25",
                  "data.val_pairs=40"]
     cfg = load_config("smoke", overrides=overrides + [f"CHECKPOINT_DIR={tmp / 'ckpt'}", "train.time_budget=0.25"])
-    result = train(cfg, verbose=0)
+    with pytest.MonkeyPatch.context() as mp:  # the plan's own arithmetic: a loaded machine must not cut it
+        mp.setattr(budget, "STOP_AT_DEADLINE", False)
+        result = train(cfg, verbose=0)
     return overrides, tmp, result, json.loads((tmp / "ckpt" / budget.PLAN_NAME).read_text())
 
 
@@ -154,8 +158,8 @@ def test_a_budgeted_run_trains_the_planned_epochs_and_records_them(budget_run):
     _, tmp, result, plan = budget_run
     rows = [json.loads(line) for line in (tmp / "ckpt" / "history.jsonl").read_text().splitlines()]
     # the plan is its own arithmetic on what it measured, and the run kept to it
-    assert plan["epochs"] == budget.fit_epochs(15.0, plan["spent_before_training_s"], plan["step_s"], 3,
-                                               plan["validation_s"])
+    assert plan["epochs"] == budget.fit_epochs(15.0, plan["spent_before_training_s"] + plan["first_calls_s"],
+                                               plan["step_s"], 3, plan["validation_s"])
     assert plan["steps_timed"] >= budget.MIN_STEPS and plan["step_s"] > 0
     assert [r["epoch"] for r in rows] == list(range(1, plan["epochs"] + 1))
     meta = get_metadata(load_model(result["model_path"]))
@@ -193,9 +197,11 @@ def test_a_resumed_budgeted_run_keeps_its_plan(budget_run, capsys):
     assert json.loads((tmp / "ckpt" / budget.PLAN_NAME).read_text()) == plan
 
 
-def test_a_run_begun_without_a_budget_and_resumed_with_one_trains_the_budget_on_top(budget_run, capsys):
+def test_a_run_begun_without_a_budget_and_resumed_with_one_trains_the_budget_on_top(budget_run, capsys, monkeypatch):
     from tripletface.config import load_config
     from tripletface.training.loop import train
+
+    monkeypatch.setattr(budget, "STOP_AT_DEADLINE", False)  # every planned epoch, however loaded the machine
 
     overrides, tmp, _, _ = budget_run
     ckpt = [f"CHECKPOINT_DIR={tmp / 'later'}"]
@@ -206,3 +212,77 @@ def test_a_run_begun_without_a_budget_and_resumed_with_one_trains_the_budget_on_
     assert "(2 of them already trained)" in capsys.readouterr().err
     rows = [json.loads(line) for line in (tmp / "later" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, plan["epochs"] + 1))
+
+
+class _Clock:
+    """``time.time`` for the deadline: moved on by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+
+@pytest.mark.parametrize("epochs, stopped_after", [
+    ([10] * 20, 9),  # as planned: 9 epochs end at 90 s, a 10th would end at 100 + the 5 s save
+    ([30] + [10] * 20, 7),  # the first epoch traces (30 s): the plan's 10 s is its pace, not 30
+    ([10] * 3 + [20] * 20, 6),  # slower from epoch 4: 10, 20, 30, 50, 70, 90; at 90 one more ends past 100
+    ([10] * 12 + [50], None),  # the plan's 12 epochs fit: ending the last is not a stop
+    ([10] * 11 + [60], None),  # ... nor is an epoch that ends the plan late (the deadline can only stop early)
+])
+def test_the_deadline_stops_at_the_last_epoch_end_that_keeps_the_budget(monkeypatch, epochs, stopped_after):
+    from tripletface.training import callbacks
+
+    clock = _Clock()
+    monkeypatch.setattr(callbacks, "time", clock)
+    start = clock.now
+    deadline = callbacks.Deadline(start + 100 if stopped_after else start + 130, epochs=12, epoch_s=10, reserve_s=5)
+
+    class Model:
+        stop_training = False
+
+    deadline.set_model(Model())
+    deadline.on_train_begin()
+    for epoch, took in enumerate(epochs[:12]):  # as fit runs its 12 epochs
+        deadline.on_epoch_begin(epoch)
+        clock.now += took
+        deadline.on_epoch_end(epoch)
+        if deadline.model.stop_training:
+            break
+    assert deadline.stopped_after == stopped_after and deadline.model.stop_training == bool(stopped_after)
+    if stopped_after:
+        assert epoch + 1 == stopped_after and clock.now - start + 5 <= 100  # in time for the final save
+    assert deadline.last_epoch_s == epochs[epoch]
+
+
+def test_a_run_that_falls_behind_its_plan_stops_at_the_budget_and_resumes_to_its_end(lfw_dir, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A plan of 30 times the epochs that fit (as if the machine slowed down after its plan): the run
+    stops at an epoch's end inside the budget, saves its model with the epochs it trained, and the
+    same command again trains the rest of the plan."""
+    from tripletface.config import load_config
+    from tripletface.model.io import get_metadata, load_model
+    from tripletface.training.loop import train
+
+    real_fit_epochs = budget.fit_epochs
+    monkeypatch.setattr(budget, "fit_epochs", lambda *a: 30 * real_fit_epochs(*a))
+    train_dir = tiny_train_dir(lfw_dir, tmp_path / "train")
+    cfg = load_config("smoke", overrides=[f"TRAIN_DIR={train_dir}", f"TENSORBOARD_LOGDIR={tmp_path / 'logs'}",
+                                          "data.val_fraction=0.25", "data.val_pairs=40",
+                                          f"CHECKPOINT_DIR={tmp_path / 'ckpt'}", "train.time_budget=0.25"])
+    result = train(cfg, verbose=0)
+    plan = json.loads((tmp_path / "ckpt" / budget.PLAN_NAME).read_text())
+    rows = [json.loads(line) for line in (tmp_path / "ckpt" / "history.jsonl").read_text().splitlines()]
+    done = len(rows)
+    assert 1 <= done < plan["epochs"] and [r["epoch"] for r in rows] == list(range(1, done + 1))
+    meta = get_metadata(load_model(result["model_path"]))
+    assert meta["epochs_trained"] == done and meta["time_budget"]["stopped_after_epoch"] == done
+    assert meta["config"]["train"]["epochs"] == plan["epochs"]  # the schedule it was laid out for
+    assert f"stopped after epoch {done} of the {plan['epochs']} planned" in capsys.readouterr().err
+    # the same command again: the rest of the plan, on its schedule (the deadline off: all of it)
+    monkeypatch.setattr(budget, "STOP_AT_DEADLINE", False)
+    again = train(cfg, verbose=0)
+    rows = [json.loads(line) for line in (tmp_path / "ckpt" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, plan["epochs"] + 1))
+    assert get_metadata(load_model(again["model_path"]))["epochs_trained"] == plan["epochs"]

@@ -194,6 +194,10 @@ class StepTimer(keras.callbacks.Callback):
         self.min_steps, self.max_steps, self.min_seconds = min_steps, max_steps, min_seconds
         self.ends: list[float] = []
         self.cpu: list[float] = []
+        self.began = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.began = time.perf_counter()  # the first step's end less this: its tracing and first batch
 
     def on_train_batch_end(self, batch, logs=None):
         if logs and "loss" in logs:
@@ -205,3 +209,33 @@ class StepTimer(keras.callbacks.Callback):
         timed = len(self.ends) - 1
         if timed >= self.max_steps or (timed >= self.min_steps and self.ends[-1] - self.ends[0] >= self.min_seconds):
             self.model.stop_training = True
+
+
+class Deadline(keras.callbacks.Callback):
+    """``train.time_budget``'s end: stop the fit at the end of an epoch before the last of ``epochs``
+    when one more epoch, at the pace of the last (the plan's ``epoch_s`` for a fit's first, which also
+    traces), and then ``reserve_s`` (the final save) would end after ``deadline`` (a ``time.time()``).
+    ``stopped_after``: the epochs done when it stopped the fit (None: it did not)."""
+
+    def __init__(self, deadline: float, epochs: int, epoch_s: float, reserve_s: float):
+        super().__init__()
+        self.deadline, self.epochs, self.planned_epoch_s, self.reserve_s = deadline, epochs, epoch_s, reserve_s
+        self.stopped_after: int | None = None
+        self.last_epoch_s: float | None = None
+        self._began = self._first = None
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._began = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        self.last_epoch_s = now - self._began
+        pace = self.planned_epoch_s if self._first else self.last_epoch_s
+        self._first = False
+        last = epoch + 1 >= self.epochs
+        if not last and not self.model.stop_training and now + pace + self.reserve_s > self.deadline:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1

@@ -120,6 +120,15 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(cfg.train.tensorboard_logdir, update_freq="epoch",
                                                          write_graph=False))
+        deadline = None
+        if budget_plan is not None:
+            from tripletface.training import budget
+            from tripletface.training.callbacks import Deadline
+
+            if budget.STOP_AT_DEADLINE:  # the budget is also a deadline, should the machine slow down
+                deadline = Deadline(t0 + 60 * cfg.train.time_budget, cfg.train.epochs, budget.epoch_s(budget_plan),
+                                    budget_plan["validation_s"] + budget.SAVE_S)
+                callbacks.append(deadline)
         hist = _fit(trainer, ds, cfg.train.epochs, cfg.train.steps_per_epoch, resumed_from, resumed_step,
                     callbacks, stopper, verbose=verbose if sys.stderr.isatty() or verbose == 0 else 2)
         if guard.bad:
@@ -141,6 +150,13 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
 
         # ---- the final model, with a threshold picked on validation as its starting default
         trained = {**metadata, "epochs_trained": max(resumed_from, cfg.train.epochs)}
+        if deadline is not None and deadline.stopped_after is not None:
+            done = deadline.stopped_after
+            trained.update(epochs_trained=done, time_budget={**budget_plan, "stopped_after_epoch": done})
+            print(f"train.time_budget: stopped after epoch {done} of the {cfg.train.epochs} planned: an epoch "
+                  f"took {deadline.last_epoch_s:.0f} s, not the {budget.epoch_s(budget_plan):.0f} s planned, and "
+                  f"one more would end past the {cfg.train.time_budget:g} min (the learning rate had not "
+                  "decayed to its end; the same command again trains the rest of the plan)", file=sys.stderr)
         model_path = _save_final_model(cfg, embedder, trained, val, chief)
         elapsed = time.time() - t0
         of_budget = f" of its {60 * cfg.train.time_budget:.0f}s budget" if budget_plan is not None else ""
