@@ -10,12 +10,13 @@ The plan is written to ``CHECKPOINT_DIR/time_budget.json``; a resumed run keeps 
 never changes the schedule of the steps already taken. The plan counts what the real run pays once
 again (its own first step and first validation pass trace their functions, as the throwaway's did).
 
-The plan is a measurement at the start, and a machine can slow down after it (measured: an epoch
-planned at 49 s ran at 55-60 s once another tenant loaded the host, and the run would have ended 8
-minutes over a 45-minute budget). So the budget is also a deadline (:class:`~tripletface.training.
-callbacks.Deadline`): the run does not begin an epoch that, at the pace of the last one, would end
-after the budget less the final save, and saves its model there, its schedules not run to their
-end; the model's metadata says so, and running the same command again trains the rest of the plan.
+The plan is a measurement at the start, and a machine can slow down after it (measured: epochs
+planned at 49 s ran at 51-59 s once another tenant loaded the host, and the run ended 5 minutes
+over its 45; docs/RECIPE.md). So the budget is also a deadline
+(:class:`tripletface.training.callbacks.Deadline`): the run does not begin an epoch that, at the
+pace of the last one, would end after the budget less the final save, and saves its model there,
+its schedules not run to their end; the model's metadata says so, and running the same command
+again trains the rest of the plan.
 
 On another machine the same budget gives other epochs: a recipe stated in minutes (``faces-cpu``)
 uses its hour on a slow CPU and a fast one alike, and the epochs each run took are in its log,
