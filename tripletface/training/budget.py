@@ -46,7 +46,7 @@ def fit_epochs(budget_s: float, spent_s: float, step_s: float, steps_per_epoch: 
     if not (step_s > 0 and steps_per_epoch > 0):
         raise ValueError(f"step time and steps per epoch must be > 0, received: {step_s}, {steps_per_epoch}")
     left = budget_s - spent_s - (validation_s + SAVE_S)
-    return max(1, int(left // (steps_per_epoch * step_s + validation_s + SAVE_S)))
+    return max(1, int(left // _epoch_cost(step_s, steps_per_epoch, validation_s)))
 
 
 def measure(trainer, ds, validate=None) -> dict:
@@ -117,6 +117,11 @@ def plan(cfg, ckpt_dir: Path, spent_s, measured, write: bool = True, done_epochs
     return out
 
 
+def _epoch_cost(step_s: float, steps_per_epoch: int, validation_s: float) -> float:
+    """An epoch's seconds: its steps, its validation pass and its checkpoint."""
+    return steps_per_epoch * step_s + validation_s + SAVE_S
+
+
 def epoch_s(saved: dict) -> float:
-    """An epoch's cost in a plan: its steps, its validation pass and its checkpoint."""
-    return saved["steps_per_epoch"] * saved["step_s"] + saved["validation_s"] + SAVE_S
+    """An epoch's cost in a plan (:func:`plan`'s dict), as :func:`fit_epochs` counted it."""
+    return _epoch_cost(saved["step_s"], saved["steps_per_epoch"], saved["validation_s"])

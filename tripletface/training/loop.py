@@ -154,7 +154,7 @@ def train(cfg, fresh: bool = False, verbose: int = 1) -> dict:
             done = deadline.stopped_after
             trained.update(epochs_trained=done, time_budget={**budget_plan, "stopped_after_epoch": done})
             print(f"train.time_budget: stopped after epoch {done} of the {cfg.train.epochs} planned: an epoch "
-                  f"took {deadline.last_epoch_s:.0f} s, not the {budget.epoch_s(budget_plan):.0f} s planned, and "
+                  f"took {deadline.last_epoch_s:.0f} s, not the {deadline.planned_epoch_s:.0f} s planned, and "
                   f"one more would end past the {cfg.train.time_budget:g} min (the learning rate had not "
                   "decayed to its end; the same command again trains the rest of the plan)", file=sys.stderr)
         model_path = _save_final_model(cfg, embedder, trained, val, chief)
